@@ -1,0 +1,557 @@
+"""Every way a CIFAR competitor holds data, loaded through one function.
+
+`load_split(source, split)` returns an `ImageSet`: uint8 images (N, 32, 32, 3) in RGB/HWC
+order, int64 labels and the class names, whatever the source was:
+
+1. CIFAR-10 python batches (`cifar-10-batches-py/`), or the `cifar-10-python.tar.gz` archive
+   read in place;
+2. CIFAR-100 python files (`cifar-100-python/`: `train`, `test`, `meta`), or its archive; fine
+   labels, with the coarse ones kept beside them;
+3. image folders `ROOT/{train,test}/<class>/*.{png,jpg,jpeg,bmp}`, classes in sorted order,
+   decoded in parallel once and cached as `.npy` beside a manifest of the files;
+4. nothing local: torchvision's download into `./data` when the network is there.
+
+`load_splits` adds what training needs on top: a per-class cap, a stratified, seeded
+validation split held out from train, and normalisation statistics of the training images.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from budgetnet.errors import UserError
+from budgetnet.files import atomic_write
+from budgetnet.safe_pickle import safe_loads
+
+IMAGE_SIZE = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SPLITS = ("train", "test")
+DATASET_NAMES = ("cifar10", "cifar100")
+# Where `load_split(None)` looks, in order, before it tries to download (relative to the cwd).
+DEFAULT_DATA_DIR = Path("data")
+DATA_ENV = "BUDGETNET_DATA"
+CACHE_ENV = "BUDGETNET_CACHE"
+CACHE_VERSION = 1
+
+
+@dataclass
+class ImageSet:
+    """Images of one split and their labels; `source` says where they came from."""
+
+    images: np.ndarray  # uint8 (N, 32, 32, 3), RGB, HWC
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    source: str
+    coarse_labels: np.ndarray | None = None  # CIFAR-100 only: int64 (N,)
+    coarse_classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(
+                f"images must be uint8 (N, 32, 32, 3), got {self.images.dtype} {self.images.shape}"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+        self.labels = self.labels.astype(np.int64, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray, note: str = "") -> ImageSet:
+        """The images at `index`, in that order; `note` is added to the source."""
+        coarse = None if self.coarse_labels is None else self.coarse_labels[index]
+        source = f"{self.source}, {note}" if note else self.source
+        return ImageSet(
+            self.images[index],
+            self.labels[index],
+            self.classes,
+            source,
+            coarse,
+            self.coarse_classes,
+        )
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR python format, from a folder or straight out of the tar.gz archive
+
+
+def _decode_names(names: list) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _field(batch: object, key: str, where: str):
+    """batch[key] for the byte-string keys Python 2 pickles have (or str keys of re-pickles)."""
+    if isinstance(batch, dict):
+        for k in (key.encode(), key):
+            if k in batch:
+                return batch[k]
+    raise UserError(f"{where}: expected a dict with key {key!r}; is this a CIFAR python file?")
+
+
+def _cifar_rows_to_hwc(rows: np.ndarray, where: str) -> np.ndarray:
+    """CIFAR stores each image as 3072 bytes: the red plane, then green, then blue (CHW)."""
+    rows = np.asarray(rows)
+    if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3 * IMAGE_SIZE**2:
+        raise UserError(f"{where}: data must be uint8 (N, 3072), got {rows.dtype} {rows.shape}")
+    return np.ascontiguousarray(rows.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
+
+
+def _read_cifar10(read: Callable[[str], bytes], split: str, where: str) -> ImageSet:
+    meta = safe_loads(read("batches.meta"), what=f"{where}/batches.meta")
+    classes = _decode_names(_field(meta, "label_names", f"{where}/batches.meta"))
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        batch = safe_loads(read(name), what=f"{where}/{name}")
+        images.append(
+            _cifar_rows_to_hwc(_field(batch, "data", f"{where}/{name}"), f"{where}/{name}")
+        )
+        labels.append(np.asarray(_field(batch, "labels", f"{where}/{name}"), dtype=np.int64))
+    return ImageSet(
+        np.concatenate(images),
+        np.concatenate(labels),
+        classes,
+        f"CIFAR-10 python batches {where} ({split})",
+    )
+
+
+def _read_cifar100(read: Callable[[str], bytes], split: str, where: str) -> ImageSet:
+    meta = safe_loads(read("meta"), what=f"{where}/meta")
+    fine = _decode_names(_field(meta, "fine_label_names", f"{where}/meta"))
+    coarse = _decode_names(_field(meta, "coarse_label_names", f"{where}/meta"))
+    batch = safe_loads(read(split), what=f"{where}/{split}")
+    images = _cifar_rows_to_hwc(_field(batch, "data", f"{where}/{split}"), f"{where}/{split}")
+    return ImageSet(
+        images,
+        np.asarray(_field(batch, "fine_labels", f"{where}/{split}"), dtype=np.int64),
+        fine,
+        f"CIFAR-100 python files {where} ({split}, fine labels)",
+        np.asarray(_field(batch, "coarse_labels", f"{where}/{split}"), dtype=np.int64),
+        coarse,
+    )
+
+
+_CIFAR_READERS = {"cifar10": _read_cifar10, "cifar100": _read_cifar100}
+# The file whose presence tells the two python formats apart.
+_CIFAR_MARKERS = {"cifar10": "batches.meta", "cifar100": "meta"}
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+
+
+def _folder_reader(folder: Path) -> Callable[[str], bytes]:
+    def read(name: str) -> bytes:
+        try:
+            return (folder / name).read_bytes()
+        except OSError as exc:
+            raise UserError(f"{folder / name}: cannot read ({exc.strerror})") from None
+
+    return read
+
+
+def _archive_members(path: Path) -> dict[str, bytes]:
+    """All regular files of a CIFAR archive, keyed by their name without the folder."""
+    stat = path.stat()
+    return _read_archive(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)  # a gzip stream must be read whole to list it: do it once
+def _read_archive(path: Path, size: int, mtime_ns: int) -> dict[str, bytes]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return {Path(m.name).name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable tar archive ({exc})") from None
+
+
+def _archive_kind(path: Path) -> str | None:
+    """Which CIFAR python format an archive holds, from its member names."""
+    names = _archive_members(path)
+    for kind, marker in _CIFAR_MARKERS.items():
+        if marker in names and ("test_batch" if kind == "cifar10" else "test") in names:
+            return kind
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders ROOT/<split>/<class>/<image>, decoded once and cached
+
+
+def _scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int, int]], np.ndarray]:
+    """Classes (sorted sub-folders), files as (relative path, size, mtime_ns), and labels."""
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        entries = sorted(
+            (
+                e
+                for e in os.scandir(split_dir / name)
+                if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
+            ),
+            key=lambda e: e.name,
+        )
+        for entry in entries:
+            stat = entry.stat()
+            files.append((f"{name}/{entry.name}", stat.st_size, stat.st_mtime_ns))
+        labels.extend([label] * len(entries))
+    if not files:
+        raise UserError(
+            f"{split_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders"
+        )
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def _decode_images(paths: list[str]) -> np.ndarray:
+    """Decode image files to uint8 RGB 32x32 (other sizes are resized bilinearly)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+                out[i] = np.asarray(image)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise UserError(f"{path}: cannot decode image ({exc})") from None
+    return out
+
+
+def _decode_parallel(paths: list[str], workers: int | None = None) -> np.ndarray:
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(paths) < 2000:  # a process pool costs more than it saves here
+        return _decode_images(paths)
+    chunk = -(-len(paths) // (workers * 4))
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return np.concatenate(list(pool.map(_decode_images, chunks)))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "budgetnet")
+
+
+def _read_image_folder(split_dir: Path, cache_dir: Path | None) -> ImageSet:
+    classes, files, labels = _scan_image_folder(split_dir)
+    listing = "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in files)
+    digest = hashlib.sha256(f"{CACHE_VERSION}\n{listing}".encode()).hexdigest()
+    source = f"image folder {split_dir}"
+    where = None
+    if cache_dir is not None:
+        # One cache entry per folder, named by its absolute path.
+        key = hashlib.sha256(str(split_dir.resolve()).encode()).hexdigest()[:16]
+        where = Path(cache_dir) / f"{split_dir.name}-{key}"
+        manifest = where / "manifest.json"
+        try:
+            stored = json.loads(manifest.read_text())
+            if stored["digest"] == digest and stored["classes"] == classes:
+                images = np.load(where / "images.npy")
+                if images.shape == (len(files), IMAGE_SIZE, IMAGE_SIZE, 3):
+                    return ImageSet(images, labels, classes, source)
+        except (OSError, ValueError, KeyError):
+            pass  # no cache yet, or a stale or broken one: decode again
+    images = _decode_parallel([str(split_dir / name) for name, _, _ in files])
+    if where is not None:
+        where.mkdir(parents=True, exist_ok=True)
+        with atomic_write(where / "images.npy", "wb") as handle:
+            np.save(handle, images)
+        # The manifest goes last: an interrupted write leaves no manifest that matches.
+        with atomic_write(where / "manifest.json") as handle:
+            json.dump(
+                {
+                    "version": CACHE_VERSION,
+                    "root": str(split_dir.resolve()),
+                    "digest": digest,
+                    "classes": classes,
+                    "files": [list(f) for f in files],
+                },
+                handle,
+            )
+    return ImageSet(images, labels, classes, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding a source
+
+
+@dataclass(frozen=True)
+class Source:
+    """A located dataset: its format, its path, and how to read one split of it."""
+
+    kind: str  # "cifar10" | "cifar100" (python format, folder or archive) | "image-folder"
+    path: Path
+
+    def read(self, split: str, cache_dir: Path | None) -> ImageSet:
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if self.kind == "image-folder":
+            split_dir = self.path / split
+            if not split_dir.is_dir():
+                raise UserError(f"{self.path}: has no {split}/ folder")
+            return _read_image_folder(split_dir, cache_dir)
+        if self.path.is_file():
+            members = _archive_members(self.path)
+
+            def read(name: str) -> bytes:
+                if name not in members:
+                    raise UserError(f"{self.path}: archive has no member {name!r}")
+                return members[name]
+        else:
+            read = _folder_reader(self.path)
+        return _CIFAR_READERS[self.kind](read, split, str(self.path))
+
+
+def locate(path: str | Path) -> Source | None:
+    """The dataset at `path` (a folder or an archive), or None if it holds none we know."""
+    path = Path(path)
+    if path.is_file():
+        if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            kind = _archive_kind(path)
+            return Source(kind, path) if kind else None
+        return None
+    if not path.is_dir():
+        return None
+    for kind, marker in _CIFAR_MARKERS.items():
+        if (path / marker).is_file():
+            return Source(kind, path)
+    for kind in DATASET_NAMES:
+        for inner in (path / _CIFAR_FOLDERS[kind], path / _CIFAR_ARCHIVES[kind]):
+            if inner.exists():
+                return locate(inner)
+    if (path / "train").is_dir() or (path / "test").is_dir():
+        return Source("image-folder", path)
+    return None
+
+
+def _download(dataset: str, root: Path) -> Source:
+    """torchvision's CIFAR download (archive with checksum), unpacked into `root`."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    spec = {"cifar10": CIFAR10, "cifar100": CIFAR100}[dataset]
+    download_and_extract_archive(spec.url, str(root), filename=spec.filename, md5=spec.tgz_md5)
+    found = locate(root / spec.base_folder)
+    if found is None:
+        raise UserError(f"downloaded {spec.filename} into {root}, but found no {dataset} in it")
+    return found
+
+
+def resolve_source(
+    source: str | Path | None = None, *, download: bool = True, data_dir: Path = DEFAULT_DATA_DIR
+) -> Source:
+    """Find the dataset that `source` names.
+
+    `source` is a path (folder or archive), a dataset name ("cifar10", "cifar100"), or None
+    (= "cifar10"). For a name, look at $BUDGETNET_DATA and `data_dir` first, then download
+    into `data_dir` with torchvision. A path that exists but holds no dataset is an error.
+    """
+    if source is not None and (Path(source).exists() or str(source) not in DATASET_NAMES):
+        found = locate(source)
+        if found is None:
+            if not Path(source).exists():
+                raise UserError(f"{source}: no such file or directory")
+            raise UserError(
+                f"{source}: holds no dataset this tool reads (expected cifar-10-batches-py/, "
+                "cifar-100-python/, their .tar.gz archives, or ROOT/{train,test}/<class>/<image>)"
+            )
+        return found
+    dataset = str(source or "cifar10")
+    looked = [Path(p) for p in (os.environ.get(DATA_ENV), data_dir, data_dir / dataset) if p]
+    for path in looked:
+        found = locate(path)
+        if found is not None and found.kind in (dataset, "image-folder"):
+            return found
+    where = ", ".join(str(p) for p in looked)
+    if not download:
+        raise UserError(f"no {dataset} data found (looked at {where}); pass a path with --data")
+    try:
+        return _download(dataset, data_dir)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise UserError(
+            f"no {dataset} data found (looked at {where}) and the download into {data_dir} "
+            f"failed ({exc}); pass a path with --data PATH or set {DATA_ENV}"
+        ) from None
+
+
+def load_split(
+    source: str | Path | None = None,
+    split: str = "train",
+    *,
+    max_per_class: int | None = None,
+    cache_dir: Path | None | bool = True,
+    download: bool = True,
+) -> ImageSet:
+    """One split of any source the module reads (see the module docstring).
+
+    `cache_dir`: where decoded image folders are kept; True = $BUDGETNET_CACHE or
+    ~/.cache/budgetnet, False/None = no cache.
+    """
+    found = resolve_source(source, download=download)
+    if cache_dir is True:
+        cache_dir = default_cache_dir()
+    images = found.read(split, cache_dir or None)
+    if max_per_class is not None:
+        images = images.subset(
+            cap_per_class(images.labels, max_per_class), f"first {max_per_class} per class"
+        )
+    return images
+
+
+# --------------------------------------------------------------------------------------------
+# Subsets, the validation split and normalisation
+
+
+def cap_per_class(labels: np.ndarray, max_per_class: int) -> np.ndarray:
+    """Indices of the first `max_per_class` images of every class, in their original order
+    (as the downsampled ResNet23 project kept the first N of each class)."""
+    if max_per_class < 1:
+        raise UserError(f"max_per_class must be at least 1, got {max_per_class}")
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = np.arange(len(where))
+    return np.flatnonzero(rank < max_per_class)
+
+
+def split_train_val(
+    labels: np.ndarray, val_size: int | float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, val) indices; `val_size` is a count or a fraction in (0, 1).
+
+    Each class gives its share of the validation images (largest remainders round), drawn at
+    random with `seed`. 0 means no validation split. Both index arrays are sorted, so subsets
+    keep the source order.
+    """
+    everything = np.arange(len(labels))
+    if not val_size:
+        return everything, everything[:0]
+    classes, counts = np.unique(labels, return_counts=True)
+    n_val = round(val_size * len(labels)) if isinstance(val_size, float) else int(val_size)
+    share = counts * n_val / len(labels)
+    take = np.floor(share).astype(np.int64)
+    take[np.argsort(take - share, kind="stable")[: n_val - take.sum()]] += 1
+    if n_val < len(classes) or np.any(take >= counts) or np.any(take < 1):
+        raise UserError(
+            f"a validation split of {val_size} does not fit {len(labels)} images of "
+            f"{len(classes)} classes: every class needs images on both sides"
+        )
+    rng = np.random.default_rng(seed)
+    val = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(labels == c))[:k]
+            for c, k in zip(classes, take, strict=True)
+        ]
+    )
+    return np.setdiff1d(everything, val), np.sort(val)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std of pixel values scaled to [0, 1], and where they came from."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, source: str) -> Normalization:
+        # Exact float64 sums over chunks of pixels, as matrix products: a strided per-channel
+        # reduction is several times slower than BLAS on (pixels, 3) blocks.
+        pixels = images.reshape(-1, 3)
+        chunk = 1 << 18
+        ones = np.ones(chunk)
+        total, gram = np.zeros(3), np.zeros((3, 3))
+        for start in range(0, len(pixels), chunk):
+            block = pixels[start : start + chunk].astype(np.float64)
+            total += ones[: len(block)] @ block
+            gram += block.T @ block
+        mean = total / len(pixels)
+        std = np.sqrt(np.maximum(np.diag(gram) / len(pixels) - mean * mean, 0.0))
+        mean, std = mean / 255.0, std / 255.0
+        return cls(
+            tuple(float(m) for m in mean),
+            tuple(float(s) for s in std),
+            f"per-channel mean/std of {len(images)} training images: {source}",
+        )
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        return cls(tuple(data["mean"]), tuple(data["std"]), data["source"])
+
+
+@dataclass
+class DataSplits:
+    """What a training run reads: train, held-out validation, test, and train's statistics."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet | None
+    normalization: Normalization
+    notes: dict = field(default_factory=dict)
+
+
+def load_splits(
+    source: str | Path | None = None,
+    *,
+    val_size: int | float = 5000,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    cache_dir: Path | None | bool = True,
+    download: bool = True,
+) -> DataSplits:
+    """Train (capped per class if asked), a stratified validation split held out from it,
+    the test split if the source has one, and normalisation from the remaining train images."""
+    found = resolve_source(source, download=download)
+    full = load_split(found.path, "train", max_per_class=max_per_class, cache_dir=cache_dir)
+    train_idx, val_idx = split_train_val(full.labels, val_size, seed)
+    val = (
+        full.subset(val_idx, f"validation split of {len(val_idx)} (seed {seed})")
+        if len(val_idx)
+        else None
+    )
+    train = (
+        full.subset(train_idx, f"{len(val_idx)} held out for validation (seed {seed})")
+        if len(val_idx)
+        else full
+    )
+    try:
+        test = load_split(found.path, "test", cache_dir=cache_dir)
+    except UserError:
+        if found.kind != "image-folder" or (found.path / "test").exists():
+            raise
+        test = None  # an image folder with only train/
+    if test is not None and test.classes != train.classes:
+        raise UserError(
+            f"{found.path}: test classes {test.classes} differ from train classes {train.classes}"
+        )
+    return DataSplits(
+        train,
+        val,
+        test,
+        Normalization.from_images(train.images, train.source),
+        {
+            "source": str(found.path),
+            "kind": found.kind,
+            "val_size": len(val_idx),
+            "max_per_class": max_per_class,
+            "seed": seed,
+        },
+    )

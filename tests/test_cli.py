@@ -1,0 +1,77 @@
+"""The command-line entry points, run as a user runs them, on small real files."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from budgetnet.kaggle import read_unlabeled_pickle
+from budgetnet.submission import read_submission, write_submission
+
+from cifar_files import write_cifar10
+
+
+def assert_one_line_error(result, fragment):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+def test_make_pickle_check_and_score_round_trip(tmp_path, run_script):
+    write_cifar10(tmp_path / "cifar", per_batch=10, test_count=30)
+    pkl, key = tmp_path / "k" / "test.pkl", tmp_path / "k" / "key.csv"
+    made = run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "cifar"),
+                      "--out", str(pkl), "--key", str(key), "--layout", "flat", "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    test = read_unlabeled_pickle(pkl)
+    key_ids, key_labels = read_submission(key)
+    np.testing.assert_array_equal(test.ids, key_ids)
+    assert pickle.loads(pkl.read_bytes())[b"data"].shape == (30, 3072)
+
+    # A submission that gets the first 20 rows right.
+    guess = key_labels.copy()
+    guess[20:] = (guess[20:] + 1) % 10
+    sub = write_submission(tmp_path / "sub.csv", key_ids, guess)
+    checked = run_script("code/check_submission.py", str(sub), "--pkl", str(pkl))
+    assert checked.returncode == 0 and checked.stdout.startswith("OK "), checked.stderr
+    scored = run_script("code/score_submission.py", str(sub), "--key", str(key))
+    assert scored.returncode == 0 and scored.stdout.startswith("accuracy 0.6667 (20/30)")
+
+
+def test_check_submission_rejects_row_numbers_as_ids(tmp_path, run_script):
+    write_cifar10(tmp_path / "cifar", per_batch=2, test_count=12)
+    pkl = tmp_path / "test.pkl"
+    run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "cifar"),
+               "--out", str(pkl), "--key", str(tmp_path / "key.csv"))
+    sub = write_submission(tmp_path / "sub.csv", np.arange(12), np.zeros(12, np.int64))
+    result = run_script("code/check_submission.py", str(sub), "--pkl", str(pkl))
+    assert_one_line_error(result, "ids of the test set are missing")
+
+
+def test_bad_inputs_end_with_one_line_and_write_nothing(tmp_path, run_script):
+    (tmp_path / "evil.pkl").write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
+    out = tmp_path / "out.csv"
+    result = run_script("inference.py", "--pkl", str(tmp_path / "evil.pkl"), "--out", str(out))
+    assert_one_line_error(result, "not safe to load: it refers to os.system")
+    assert not out.exists()
+
+    result = run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "t.pkl"), "--key", str(tmp_path / "k.csv"))
+    assert_one_line_error(result, "no such file or directory")
+    assert not (tmp_path / "t.pkl").exists() and not (tmp_path / "k.csv").exists()
+
+    result = run_script("code/score_submission.py", str(tmp_path / "nope.csv"),
+                        "--key", str(tmp_path / "nope.csv"))
+    assert_one_line_error(result, "no such file")
+
+
+def test_inference_validates_the_pickle_before_anything(tmp_path, run_script):
+    pkl = tmp_path / "t.pkl"
+    pkl.write_bytes(pickle.dumps({b"data": np.zeros((4, 32, 32, 3), np.uint8),
+                                  b"ids": np.array([1, 1, 2, 3])}))
+    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(tmp_path / "s.csv"))
+    assert_one_line_error(result, "1 duplicates")
+    assert not (tmp_path / "s.csv").exists()
+    missing = run_script("inference.py")
+    assert missing.returncode == 2 and "--pkl" in missing.stderr
