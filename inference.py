@@ -1,35 +1,129 @@
-"""Label a Kaggle test pickle with a trained model and write the submission CSV.
+"""Label a Kaggle test pickle with trained models and write the submission CSV.
 
     python inference.py --pkl cifar_test_nolabel.pkl
+    python inference.py --pkl cifar_test_nolabel.pkl --checkpoint runs/a runs/b --tta 2 \
+        --save-probs --submit -m "ResNet-24, TTA 2"
 
-This release validates the pickle (safely: it is never unpickled with plain pickle.load) and
-the arguments; the prediction step arrives with the inference issue.
+The models are rebuilt from the spec stored with their weights and fed through the same
+preprocessing and prediction function as in training and evaluation (`budgetnet.predict.infer`).
+The CSV is written atomically and checked against the pickle before anything is uploaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "code"))  # works without pip install
 
+import numpy as np  # noqa: E402
+
 from budgetnet.errors import UserError, run_cli  # noqa: E402
+from budgetnet.evaluation import (  # noqa: E402
+    add_model_arguments,
+    device_from_arg,
+    load_ensemble,
+    view_count,
+)
+from budgetnet.files import atomic_write  # noqa: E402
 from budgetnet.kaggle import read_unlabeled_pickle  # noqa: E402
+from budgetnet.kaggle_cli import COMPETITION_ENV, submit  # noqa: E402
+from budgetnet.predict import TTA_LEVELS  # noqa: E402
+from budgetnet.submission import check_submission, write_submission  # noqa: E402
+
+
+def write_probs(path: Path, probs: np.ndarray, ids: np.ndarray, classes: list[str]) -> None:
+    """probs (N, C) float32 in the pickle's row order, its ids and the class names; plain
+    arrays, so `np.load(path)` reads them without allow_pickle."""
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, probs=probs, ids=ids, classes=np.array(classes))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pkl", required=True, help="the competition's unlabeled test pickle")
-    parser.add_argument("--out", default="submissions/submission.csv",
-                        help="where to write the CSV (ID,Labels)")
-    parser.add_argument("--checkpoint", default="trained_model",
-                        help="a run directory or a release folder/file")
+    parser.add_argument(
+        "--out", default="submissions/submission.csv", help="where to write the CSV (ID,Labels)"
+    )
+    add_model_arguments(parser, default_checkpoint="trained_model")
+    parser.add_argument(
+        "--tta",
+        type=int,
+        choices=TTA_LEVELS,
+        default=1,
+        help="test-time augmentation: 0 none, 1 + horizontal flip (default), "
+        "2 flip and 1 px translations (6 views)",
+    )
+    parser.add_argument(
+        "--save-probs",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also write the class probabilities, ids and class names (.npz, "
+        "default beside the CSV) for ensembling",
+    )
+    parser.add_argument(
+        "--submit",
+        action="store_true",
+        help="upload the CSV with the official kaggle tool once it is checked",
+    )
+    parser.add_argument("-m", "--message", help="the submission's description (with --submit)")
+    parser.add_argument(
+        "--competition",
+        default=os.environ.get(COMPETITION_ENV),
+        help=f"the competition's slug (default ${COMPETITION_ENV})",
+    )
     args = parser.parse_args(argv)
+    if args.submit and not args.message:
+        parser.error("--submit needs -m MESSAGE, the submission's description on Kaggle")
+    out = Path(args.out)
+    probs_path = None
+    if args.save_probs is not None:
+        probs_path = Path(args.save_probs) if args.save_probs else out.with_suffix(".probs.npz")
+
     test = read_unlabeled_pickle(args.pkl)
-    print(f"{args.pkl}: {len(test)} images, ids {test.ids.min()}..{test.ids.max()}: valid")
-    raise UserError(f"cannot write {args.out} yet: this version only validates the pickle "
-                    "(model loading arrives with the inference issue)")
+    device = device_from_arg(args.device)
+    ensemble = load_ensemble(args.checkpoint, device)
+    start = time.perf_counter()
+    probs = ensemble.probs(
+        test.images, tta=args.tta, batch_size=args.batch_size, device=device, amp=not args.fp32
+    )
+    seconds = time.perf_counter() - start
+
+    labels = probs.argmax(axis=1)
+    write_submission(out, test.ids, labels)
+    try:
+        check_submission(out, test.ids, num_classes=len(ensemble.classes))
+    except UserError:
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()  # never leave a CSV that fails the checker where it could be uploaded
+        raise
+    if probs_path is not None:
+        write_probs(probs_path, probs, test.ids, ensemble.classes)
+
+    counts = np.bincount(labels, minlength=len(ensemble.classes))
+    print(
+        f"labelled {len(test)} images of {args.pkl} in {seconds:.1f} s "
+        f"({len(test) / seconds:.0f} images/s) with {ensemble.describe()}: TTA {args.tta} "
+        f"({view_count(args.tta)} views), {'fp32' if args.fp32 else 'bf16 autocast'} on "
+        f"{device}"
+    )
+    print(
+        f"wrote {out}: {len(labels)} rows, checked against the pickle's ids"
+        + (f"; probabilities in {probs_path}" if probs_path else "")
+    )
+    print(
+        "predicted per class: "
+        + ", ".join(f"{name} {n}" for name, n in zip(ensemble.classes, counts, strict=True))
+    )
+    if args.submit:
+        submit(out, args.message, args.competition)
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def load_all(source: str, cache: Path) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("BUDGETNET_DATA", "../shared/data/cifar10"))
+    parser.add_argument(
+        "--data", default=os.environ.get("BUDGETNET_DATA", "../shared/data/cifar10")
+    )
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--warm-runs", type=int, default=7)
     args = parser.parse_args()
@@ -39,10 +41,14 @@ def main() -> None:
             cold.append(seconds)
             warm.extend(load_all(args.data, Path(cache))[0] for _ in range(args.warm_runs))
     print(f"{count} images from {args.data} on {os.cpu_count()} cores")
-    print(f"cold load (decode + write cache): median {statistics.median(cold):.2f} s "
-          f"over {len(cold)} runs (target < 15 s)")
-    print(f"warm load (cache hit):            median {statistics.median(warm):.3f} s "
-          f"over {len(warm)} runs (target < 1 s)")
+    print(
+        f"cold load (decode + write cache): median {statistics.median(cold):.2f} s "
+        f"over {len(cold)} runs (target < 15 s)"
+    )
+    print(
+        f"warm load (cache hit):            median {statistics.median(warm):.3f} s "
+        f"over {len(warm)} runs (target < 1 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Check a submission CSV against the test pickle it answers, before you upload it.
 
-    python code/check_submission.py submissions/submission.csv --pkl cifar_test_nolabel.pkl
+python code/check_submission.py submissions/submission.csv --pkl cifar_test_nolabel.pkl
 """
 
 from __future__ import annotations

@@ -16,17 +16,24 @@ from budgetnet.errors import run_cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a path, 'cifar10' or 'cifar100'")
-    parser.add_argument("--val-size", type=float, default=5000,
-                        help="validation images held out from train (a count, or a fraction < 1)")
+    parser.add_argument(
+        "--val-size",
+        type=float,
+        default=5000,
+        help="validation images held out from train (a count, or a fraction < 1)",
+    )
     parser.add_argument("--max-per-class", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     val_size = args.val_size if args.val_size < 1 else int(args.val_size)
     start = time.perf_counter()
-    splits = load_splits(args.data, val_size=val_size, max_per_class=args.max_per_class,
-                         seed=args.seed)
-    print(f"loaded in {time.perf_counter() - start:.2f} s: {splits.notes['kind']} "
-          f"at {splits.notes['source']}")
+    splits = load_splits(
+        args.data, val_size=val_size, max_per_class=args.max_per_class, seed=args.seed
+    )
+    print(
+        f"loaded in {time.perf_counter() - start:.2f} s: {splits.notes['kind']} "
+        f"at {splits.notes['source']}"
+    )
     print(f"classes ({len(splits.train.classes)}): {', '.join(splits.train.classes)}")
     for name in ("train", "val", "test"):
         part = getattr(splits, name)

@@ -23,18 +23,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--out", required=True, help="the unlabeled pickle to write")
     parser.add_argument("--key", required=True, help="the answer key CSV (ID,Labels) to write")
-    parser.add_argument("--layout", choices=list(LAYOUTS), default="hwc",
-                        help="b'data' as (N,32,32,3) hwc [the current competition], (N,3072) "
-                             "flat CIFAR rows, or (N,3,32,32) chw")
-    parser.add_argument("--max-per-class", type=int, default=None, help="keep the first N per class")
+    parser.add_argument(
+        "--layout",
+        choices=list(LAYOUTS),
+        default="hwc",
+        help="b'data' as (N,32,32,3) hwc [the current competition], (N,3072) "
+        "flat CIFAR rows, or (N,3,32,32) chw",
+    )
+    parser.add_argument(
+        "--max-per-class", type=int, default=None, help="keep the first N per class"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the row order and the ids")
     args = parser.parse_args(argv)
     labeled = load_split(args.data, args.split, max_per_class=args.max_per_class)
     images, ids, labels = kaggle_style(labeled, args.seed)
     write_unlabeled_pickle(args.out, images, ids, args.layout)
     write_submission(args.key, ids, labels)
-    print(f"wrote {args.out} ({len(ids)} images, layout {args.layout}) and {args.key} "
-          f"from {labeled.source}")
+    print(
+        f"wrote {args.out} ({len(ids)} images, layout {args.layout}) and {args.key} "
+        f"from {labeled.source}"
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Score a submission CSV against an answer key, as Kaggle would (accuracy).
 
-    python code/score_submission.py submissions/submission.csv --key runs/kaggle/test_key.csv
+python code/score_submission.py submissions/submission.csv --key runs/kaggle/test_key.csv
 """
 
 from __future__ import annotations

@@ -21,8 +21,19 @@ def assert_one_line_error(result, fragment):
 def test_make_pickle_check_and_score_round_trip(tmp_path, run_script):
     write_cifar10(tmp_path / "cifar", per_batch=10, test_count=30)
     pkl, key = tmp_path / "k" / "test.pkl", tmp_path / "k" / "key.csv"
-    made = run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "cifar"),
-                      "--out", str(pkl), "--key", str(key), "--layout", "flat", "--seed", "3")
+    made = run_script(
+        "code/make_kaggle_pickle.py",
+        "--data",
+        str(tmp_path / "cifar"),
+        "--out",
+        str(pkl),
+        "--key",
+        str(key),
+        "--layout",
+        "flat",
+        "--seed",
+        "3",
+    )
     assert made.returncode == 0, made.stderr
     test = read_unlabeled_pickle(pkl)
     key_ids, key_labels = read_submission(key)
@@ -42,8 +53,15 @@ def test_make_pickle_check_and_score_round_trip(tmp_path, run_script):
 def test_check_submission_rejects_row_numbers_as_ids(tmp_path, run_script):
     write_cifar10(tmp_path / "cifar", per_batch=2, test_count=12)
     pkl = tmp_path / "test.pkl"
-    run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "cifar"),
-               "--out", str(pkl), "--key", str(tmp_path / "key.csv"))
+    run_script(
+        "code/make_kaggle_pickle.py",
+        "--data",
+        str(tmp_path / "cifar"),
+        "--out",
+        str(pkl),
+        "--key",
+        str(tmp_path / "key.csv"),
+    )
     sub = write_submission(tmp_path / "sub.csv", np.arange(12), np.zeros(12, np.int64))
     result = run_script("code/check_submission.py", str(sub), "--pkl", str(pkl))
     assert_one_line_error(result, "ids of the test set are missing")
@@ -56,20 +74,29 @@ def test_bad_inputs_end_with_one_line_and_write_nothing(tmp_path, run_script):
     assert_one_line_error(result, "not safe to load: it refers to os.system")
     assert not out.exists()
 
-    result = run_script("code/make_kaggle_pickle.py", "--data", str(tmp_path / "none"),
-                        "--out", str(tmp_path / "t.pkl"), "--key", str(tmp_path / "k.csv"))
+    result = run_script(
+        "code/make_kaggle_pickle.py",
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "t.pkl"),
+        "--key",
+        str(tmp_path / "k.csv"),
+    )
     assert_one_line_error(result, "no such file or directory")
     assert not (tmp_path / "t.pkl").exists() and not (tmp_path / "k.csv").exists()
 
-    result = run_script("code/score_submission.py", str(tmp_path / "nope.csv"),
-                        "--key", str(tmp_path / "nope.csv"))
+    result = run_script(
+        "code/score_submission.py", str(tmp_path / "nope.csv"), "--key", str(tmp_path / "nope.csv")
+    )
     assert_one_line_error(result, "no such file")
 
 
 def test_inference_validates_the_pickle_before_anything(tmp_path, run_script):
     pkl = tmp_path / "t.pkl"
-    pkl.write_bytes(pickle.dumps({b"data": np.zeros((4, 32, 32, 3), np.uint8),
-                                  b"ids": np.array([1, 1, 2, 3])}))
+    pkl.write_bytes(
+        pickle.dumps({b"data": np.zeros((4, 32, 32, 3), np.uint8), b"ids": np.array([1, 1, 2, 3])})
+    )
     result = run_script("inference.py", "--pkl", str(pkl), "--out", str(tmp_path / "s.csv"))
     assert_one_line_error(result, "1 duplicates")
     assert not (tmp_path / "s.csv").exists()

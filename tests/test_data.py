@@ -49,8 +49,9 @@ def test_cifar10_batches_folder(tmp_path, split):
 
 def test_cifar10_archive_read_without_unpacking(tmp_path):
     written = write_cifar10(tmp_path / "src" / "cifar-10-batches-py", per_batch=8)
-    archive = write_archive(tmp_path / "src" / "cifar-10-batches-py",
-                            tmp_path / "cifar-10-python.tar.gz")
+    archive = write_archive(
+        tmp_path / "src" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz"
+    )
     for split in ("train", "test"):
         assert_image_set(load_split(archive, split), *written[split], CIFAR10_CLASSES)
     # A folder that holds the archive finds it too.
@@ -81,8 +82,9 @@ def test_image_folder_lossless_formats(tmp_path, suffix):
     loaded = load_split(tmp_path, "train", cache_dir=tmp_path / "cache")
     assert loaded.classes == ["ant", "cat", "dog"]  # sorted, whatever the creation order
     np.testing.assert_array_equal(loaded.labels, [0, 0, 1, 1, 1, 1, 2, 2, 2])
-    np.testing.assert_array_equal(loaded.images, np.concatenate(
-        [written["ant"], written["cat"], written["dog"]]))
+    np.testing.assert_array_equal(
+        loaded.images, np.concatenate([written["ant"], written["cat"], written["dog"]])
+    )
 
 
 def test_image_folder_jpeg_grayscale_and_other_sizes(tmp_path):
@@ -114,8 +116,9 @@ def test_image_folder_cache_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
     first = load_split(tmp_path / "data", "train", cache_dir=cache)
     decoded = []
     real_decode = data._decode_parallel
-    monkeypatch.setattr(data, "_decode_parallel",
-                        lambda paths: decoded.append(len(paths)) or real_decode(paths))
+    monkeypatch.setattr(
+        data, "_decode_parallel", lambda paths: decoded.append(len(paths)) or real_decode(paths)
+    )
     again = load_split(tmp_path / "data", "train", cache_dir=cache)
     assert decoded == []  # served from the cache
     np.testing.assert_array_equal(again.images, first.images)
@@ -141,15 +144,17 @@ def test_image_folder_broken_cache_is_rebuilt(tmp_path):
     first = load_split(tmp_path / "data", "train", cache_dir=cache)
     for npy in cache.rglob("images.npy"):
         npy.write_bytes(b"garbage")
-    np.testing.assert_array_equal(load_split(tmp_path / "data", "train", cache_dir=cache).images,
-                                  first.images)
+    np.testing.assert_array_equal(
+        load_split(tmp_path / "data", "train", cache_dir=cache).images, first.images
+    )
 
 
 def test_parallel_decode_matches_serial(tmp_path):
     write_image_folder(tmp_path, {"a": 30, "b": 30})
     paths = sorted(str(p) for p in tmp_path.rglob("*.png"))
-    np.testing.assert_array_equal(data._decode_parallel(paths * 40, workers=2),
-                                  data._decode_images(paths * 40))
+    np.testing.assert_array_equal(
+        data._decode_parallel(paths * 40, workers=2), data._decode_images(paths * 40)
+    )
 
 
 def test_locate_recognises_each_layout(tmp_path):
@@ -190,6 +195,7 @@ def test_hostile_batch_is_refused(tmp_path):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     import pickle
+
     (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(UserError, match="posix.system|os.system"):
         load_split(tmp_path, "test")

@@ -28,8 +28,11 @@ def dump(tmp_path, payload, name="test.pkl", protocol=pickle.HIGHEST_PROTOCOL):
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 @pytest.mark.parametrize("layout", ["hwc", "flat", "chw"])
 def test_every_layout_reads_back_as_hwc(tmp_path, layout, protocol):
-    data = {"hwc": IMAGES, "flat": to_cifar_rows(IMAGES),
-            "chw": IMAGES.transpose(0, 3, 1, 2).copy()}[layout]
+    data = {
+        "hwc": IMAGES,
+        "flat": to_cifar_rows(IMAGES),
+        "chw": IMAGES.transpose(0, 3, 1, 2).copy(),
+    }[layout]
     path = dump(tmp_path, {b"data": data, b"ids": IDS}, protocol=protocol)
     loaded = read_unlabeled_pickle(path)
     np.testing.assert_array_equal(loaded.images, IMAGES)
@@ -41,8 +44,9 @@ def test_every_layout_reads_back_as_hwc(tmp_path, layout, protocol):
 def test_writer_round_trip(tmp_path, layout):
     write_unlabeled_pickle(tmp_path / "out.pkl", IMAGES, IDS, layout)
     raw = safe_load(tmp_path / "out.pkl")
-    assert raw[b"data"].shape[1:] == {"hwc": (32, 32, 3), "flat": (3072,),
-                                      "chw": (3, 32, 32)}[layout]
+    assert (
+        raw[b"data"].shape[1:] == {"hwc": (32, 32, 3), "flat": (3072,), "chw": (3, 32, 32)}[layout]
+    )
     loaded = read_unlabeled_pickle(tmp_path / "out.pkl")
     np.testing.assert_array_equal(loaded.images, IMAGES)
     np.testing.assert_array_equal(loaded.ids, IDS)
@@ -128,9 +132,11 @@ class _RunsShell:
 @pytest.mark.parametrize("where", ["top", "ids", "nested"])
 def test_hostile_pickle_cannot_run_code(tmp_path, evil, where):
     target = tmp_path / "created_by_pickle"
-    payload = {"top": evil(target),
-               "ids": {b"data": IMAGES, b"ids": evil(target)},
-               "nested": {b"data": IMAGES, b"ids": IDS, b"extra": [{"x": (evil(target),)}]}}[where]
+    payload = {
+        "top": evil(target),
+        "ids": {b"data": IMAGES, b"ids": evil(target)},
+        "nested": {b"data": IMAGES, b"ids": IDS, b"extra": [{"x": (evil(target),)}]},
+    }[where]
     path = dump(tmp_path, payload)
     # The same object really does create the file when unpickled the unsafe way.
     assert not target.exists()
@@ -147,8 +153,14 @@ def test_unsafe_load_would_have_run_it(tmp_path):
 
 
 def test_safe_loads_keeps_plain_values():
-    value = {"a": [1, 2.5, None, True], b"b": (b"x", "y"), "c": np.arange(3, dtype=np.int16),
-             "d": np.float32(1.5), "e": np.dtype("uint8"), "f": np.zeros((2, 2), order="F")}
+    value = {
+        "a": [1, 2.5, None, True],
+        b"b": (b"x", "y"),
+        "c": np.arange(3, dtype=np.int16),
+        "d": np.float32(1.5),
+        "e": np.dtype("uint8"),
+        "f": np.zeros((2, 2), order="F"),
+    }
     loaded = safe_loads(pickle.dumps(value, protocol=5))
     assert loaded["a"] == [1, 2.5, None, True] and loaded[b"b"] == (b"x", "y")
     np.testing.assert_array_equal(loaded["c"], value["c"])

@@ -62,7 +62,10 @@ BAD_FILES = [
     ("ID,Labels\n40,1\n3,9\n17,0\n0,0\n99,4\n", "5 rows, expected 6"),
     ("ID,Labels\n40,1\n3,9\n17,0\n0,0\n99,4\n5,2\n6,1\n", "7 rows, expected 6"),
     ("ID,Labels\n40,1\n3,9\n17,0\n0,0\n99,4\n99,2\n", "duplicate ids, e.g. 99"),
-    ("ID,Labels\n40,1\n3,9\n17,0\n0,0\n99,4\n6,2\n", r"1 ids .* missing \(e.g. 5\) and 1 .* \(e.g. 6\)"),
+    (
+        "ID,Labels\n40,1\n3,9\n17,0\n0,0\n99,4\n6,2\n",
+        r"1 ids .* missing \(e.g. 5\) and 1 .* \(e.g. 6\)",
+    ),
     ("ID,Labels\n40,1\n3,10\n17,0\n0,0\n99,4\n5,-1\n", r"2 labels outside 0\.\.9, e.g. -1, 10"),
     ("ID,Labels\n40,1\n3,9.0\n17,0\n0,0\n99,4\n5,2\n", "line 3 is '3,9.0'"),
     ("ID,Labels\n40,1\n3,cat\n17,0\n0,0\n99,4\n5,2\n", "line 3 is '3,cat'"),
@@ -81,8 +84,9 @@ def test_check_refusals(tmp_path, content, message):
 
 def test_check_tolerates_bom_trailing_blank_line_and_crlf(tmp_path):
     path = tmp_path / "s.csv"
-    path.write_bytes("\ufeffID,Labels\r\n40,1\r\n3,9\r\n17,0\r\n0,0\r\n99,4\r\n5,2\r\n\r\n"
-                     .encode())
+    path.write_bytes(
+        "\ufeffID,Labels\r\n40,1\r\n3,9\r\n17,0\r\n0,0\r\n99,4\r\n5,2\r\n\r\n".encode()
+    )
     check_submission(path, IDS)
 
 

@@ -1,0 +1,218 @@
+"""Training batches, two ways, both yielding uint8 (B, 3, H, W) images and int64 labels on
+the training device; normalisation, RandomErasing and Mixup/CutMix then run on the batch in
+`BatchAugment`, whichever way the images came.
+
+- `DeviceBatches` (as airbench does): the whole uint8 data set lives on the device; random
+  crop and flip are done on whole batches there. No workers, no PIL. Used whenever no per-image
+  PIL augmentation (RandAugment) is asked for.
+- `WorkerBatches`: a DataLoader with worker processes running per-image PIL transforms
+  (random crop, flip, timm's RandAugment), for recipes that need them.
+
+The order of images each epoch comes from `epoch_order(seed, epoch, ...)`, a pure function, so a
+resumed run sees exactly the batches an uninterrupted one would, and every process of a
+distributed run takes its own slice of the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from budgetnet.config import TrainConfig
+from budgetnet.data import Normalization
+from budgetnet.predict import as_uint8_nchw, normalize
+
+
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+
+
+def epoch_order(
+    seed: int, epoch: int, count: int, batch_size: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
+    """This process's image indices for `epoch`: a seeded permutation cut to whole global
+    batches (the last partial batch is dropped, as usual for BatchNorm), then sliced by rank."""
+    order = torch.randperm(count, generator=epoch_generator(seed, epoch))
+    order = order[: count // batch_size * batch_size]
+    return order.view(-1, world, batch_size // world)[:, rank].reshape(-1)
+
+
+class DeviceBatches:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        config: TrainConfig,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.images = as_uint8_nchw(images).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.config, self.device, self.rank, self.world = config, device, rank, world
+        self.per_process = config.batch_size // world
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.config.batch_size
+
+    def epoch(self, epoch: int):
+        cfg = self.config
+        order = epoch_order(
+            cfg.seed, epoch, len(self.labels), cfg.batch_size, self.rank, self.world
+        ).to(self.device)
+        gen = epoch_generator(cfg.seed, epoch, self.rank + 1)
+        pad = cfg.crop_padding
+        for start in range(0, len(order), self.per_process):
+            index = order[start : start + self.per_process]
+            x = self.images[index]
+            if pad:
+                x = random_crop(x, pad, gen)
+            if cfg.hflip:
+                flip = (torch.rand(len(x), generator=gen) < cfg.hflip).to(self.device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            yield x, self.labels[index]
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding=pad) for a whole batch: zero-pad, then cut each
+    image at its own random offset."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def pil_transform(config: TrainConfig, image_size: int):
+    """Per-image PIL pipeline: random crop, flip, RandAugment (timm), to a uint8 tensor."""
+    from timm.data.auto_augment import rand_augment_transform
+    from torchvision import transforms
+
+    steps = []
+    if config.crop_padding:
+        steps.append(transforms.RandomCrop(image_size, padding=config.crop_padding))
+    if config.hflip:
+        steps.append(transforms.RandomHorizontalFlip(config.hflip))
+    if config.aa:
+        # timm scales translations to the image (45% of its side), as it does for ImageNet;
+        # on 32 px images that is 14 px, not ImageNet's 100.
+        steps.append(rand_augment_transform(config.aa, {"translate_const": int(image_size * 0.45)}))
+    steps.append(transforms.PILToTensor())
+    return transforms.Compose(steps)
+
+
+class _PILImages(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class WorkerBatches:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        config: TrainConfig,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.dataset = _PILImages(images, labels, pil_transform(config, images.shape[1]))
+        self.config, self.device, self.rank, self.world = config, device, rank, world
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.config.batch_size
+
+    def epoch(self, epoch: int):
+        cfg = self.config
+        order = epoch_order(
+            cfg.seed, epoch, len(self.dataset), cfg.batch_size, self.rank, self.world
+        ).tolist()
+        # Workers seed Python, NumPy and torch from this generator: augmentations are a function
+        # of (seed, epoch, rank) too.
+        loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size // self.world,
+            sampler=order,
+            num_workers=cfg.workers,
+            generator=epoch_generator(cfg.seed, epoch, self.rank + 1),
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def uses_device_batches(config: TrainConfig) -> bool:
+    """Device-resident batches unless a per-image PIL augmentation needs workers."""
+    if config.device_data == "auto":
+        return not config.aa
+    return config.device_data == "on"
+
+
+def make_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+):
+    kind = DeviceBatches if uses_device_batches(config) else WorkerBatches
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} must divide by {world} processes")
+    return kind(images, labels, config, device, rank, world)
+
+
+class BatchAugment:
+    """What happens to every training batch on the device: normalise (the shared function),
+    RandomErasing (timm) and Mixup/CutMix (timm), which also turn labels into soft targets."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        normalization: Normalization,
+        num_classes: int,
+        image_size: int | None,
+        device: torch.device,
+    ) -> None:
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+
+        self.normalization, self.image_size = normalization, image_size
+        self.erase = (
+            RandomErasing(config.reprob, mode=config.remode, device=str(device))
+            if config.reprob
+            else None
+        )
+        self.mix = (
+            Mixup(
+                mixup_alpha=config.mixup,
+                cutmix_alpha=config.cutmix,
+                prob=config.mixup_prob,
+                switch_prob=config.mixup_switch_prob,
+                label_smoothing=config.smoothing,
+                num_classes=num_classes,
+            )
+            if config.mixup or config.cutmix
+            else None
+        )
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        x = normalize(images, self.normalization, self.image_size)
+        if self.erase is not None:
+            x = self.erase(x)
+        if self.mix is not None:
+            x, labels = self.mix(x, labels)
+        return x, labels

@@ -1,0 +1,482 @@
+"""The trainer: `fit(config, spec)` trains one network and leaves a complete run directory.
+
+One short function and its helpers, no framework. Per step: set the learning rate of this step,
+augment the batch on the device, forward under bf16 autocast, backward, step, update the EMA.
+Per epoch: validate on the held-out split with the shared `infer()`, write history.csv, the
+best model (a release) and the resume state. At the end: the test split, once, reported
+separately, and the plots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from budgetnet import checkpoint, runs
+from budgetnet.augment import BatchAugment, make_batches, uses_device_batches
+from budgetnet.config import TrainConfig
+from budgetnet.data import DataSplits, load_splits
+from budgetnet.errors import UserError
+from budgetnet.models import ResNetSpec, build
+from budgetnet.plots import plot_history
+from budgetnet.predict import autocast, infer, resolve_device
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": np_state[2],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on convolution and linear weights only: decaying BatchNorm scales and biases
+    only shrinks them and hurts accuracy."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    lr = config.effective_lr
+    if config.opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)
+    kind = torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW
+    return kind(groups, lr=lr, betas=(config.momentum, 0.999))
+
+
+def make_schedule(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> Callable[[int], float]:
+    """`set_lr(step)`: put the learning rate of optimizer step `step` into the optimizer and
+    return it. A pure function of the step, so resuming needs nothing but the step.
+
+    cosine (timm CosineLRScheduler, stepped per iteration):
+      steps [0, warmup)       linear from 0 to the peak
+      steps [warmup, total)   cosine from the peak down to min_lr at the last step
+    onecycle (torch OneCycleLR): rise to the peak over the first `onecycle_pct` of the steps,
+      then anneal (cosine) to peak / 1e4; momentum cycles the other way.
+    """
+    total = config.epochs * steps_per_epoch
+    if config.sched == "cosine":
+        from timm.scheduler import CosineLRScheduler
+
+        warmup = round(config.warmup_epochs * steps_per_epoch)
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=total - warmup,
+            lr_min=config.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+
+        def set_lr(step: int) -> float:
+            scheduler.step_update(step)
+            return optimizer.param_groups[0]["lr"]
+
+        return set_lr
+
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.effective_lr, total_steps=total, pct_start=config.onecycle_pct
+    )
+
+    def set_lr(step: int) -> float:
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # it warns when stepped before the optimizer
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        return optimizer.param_groups[0]["lr"]
+
+    return set_lr
+
+
+def make_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Label-smoothed cross-entropy; under Mixup/CutMix the targets are already soft (timm's
+    Mixup smooths them) and the loss is the soft-target cross-entropy."""
+    if config.mixup or config.cutmix:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+
+
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: DataSplits,
+    device: torch.device,
+    amp: bool,
+    tta: int = 0,
+) -> tuple[float, float]:
+    """(cross-entropy, accuracy) through the shared `infer()`."""
+    probs = infer(model, images, splits.normalization, tta=tta, device=device, amp=amp)
+    target = torch.from_numpy(labels)
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), target).item()
+    return loss, (probs.argmax(1) == target).float().mean().item()
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: BatchAugment,
+    loss_fn: Callable,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a uint8 batch; returns (loss, logits)."""
+    x, target = augment(images, labels)
+    with autocast(device, amp):
+        logits = model(x)
+    loss = loss_fn(logits.float(), target)  # the loss in float32 whatever autocast chose
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Distributed:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    info = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    gpu = resolve_device(device_name).type == "cuda"
+    if gpu:
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo")
+    return info
+
+
+def _reduce(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+
+
+def model_name(spec: ResNetSpec) -> str:
+    return f"{spec.block}-b{''.join(map(str, spec.blocks))}-c{'-'.join(map(str, spec.channels))}"
+
+
+def fit(
+    config: TrainConfig,
+    spec: ResNetSpec,
+    *,
+    resume: Path | None = None,
+    argv: list[str] | None = None,
+    splits: DataSplits | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train `spec` with `config`; returns the final results (also in results.json).
+
+    `resume`: a run directory to continue from its last.pt. `splits`: already loaded data
+    (the budget search reuses one load for many runs)."""
+    from timm.utils import ModelEmaV3
+    from tqdm import tqdm
+
+    ddp = init_distributed(config.device)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)
+    seed_everything(config.seed + ddp.rank)
+    splits = splits or load_splits(
+        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+    )
+    classes = splits.train.classes
+    if spec.num_classes != len(classes):
+        log(f"model: num_classes set to {len(classes)} from the data")
+        spec = replace(spec, num_classes=len(classes))
+
+    run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(spec)))
+    model = build(spec).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+    optimizer = make_optimizer(config, model)
+    batches = make_batches(
+        splits.train.images, splits.train.labels, config, device, ddp.rank, ddp.world
+    )
+    if len(batches) == 0:
+        raise UserError(
+            f"{len(splits.train)} training images make no batch of "
+            f"{config.batch_size}; lower --batch-size"
+        )
+    set_lr = make_schedule(config, optimizer, len(batches))
+    augment = BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device)
+    loss_fn = make_loss(config)
+
+    start_epoch, best_acc, history = 0, -1.0, []
+    if resume is not None:
+        state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        set_rng_state(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
+        start_epoch, best_acc = state["epoch"] + 1, state["best_acc"]
+        history = [row for row in runs.read_history(run_dir) if row["epoch"] < start_epoch]
+        log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
+    elif ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_config(
+            run_dir,
+            {
+                "config": config.to_dict(),
+                "model": spec.to_dict(),
+                "data": splits.notes,
+                "normalization": splits.normalization.to_dict(),
+                "provenance": runs.provenance(config.seed, argv),
+            },
+        )
+    trained = model
+    if ddp.world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        trained = torch.compile(trained)
+    evaluated = ema.module if ema is not None else model
+
+    if ddp.main:
+        log(
+            f"training {model_name(spec)} ({sum(p.numel() for p in model.parameters()):,} "
+            f"parameters) on {device} for {config.epochs} epochs: {len(splits.train)} train / "
+            f"{len(splits.val) if splits.val else 0} val images, "
+            f"{'device-resident' if uses_device_batches(config) else 'worker'} batches; "
+            f"run directory {run_dir}"
+        )
+    patience_left = config.patience
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+        progress = tqdm(
+            batches.epoch(epoch),
+            total=len(batches),
+            leave=False,
+            mininterval=1,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not ddp.main,
+        )
+        for i, (images, labels) in enumerate(progress):
+            step = epoch * len(batches) + i
+            lr = set_lr(step)
+            loss, logits = train_step(
+                trained, optimizer, augment, loss_fn, images, labels, device, config.amp
+            )
+            if ema is not None:
+                ema.update(model, step=step)
+            totals += torch.stack(
+                [
+                    loss.detach().double() * len(labels),
+                    (logits.argmax(1) == labels).sum().double(),
+                    torch.tensor(float(len(labels)), device=device),
+                ]
+            )
+            if i % 20 == 0 and not math.isfinite(totals[0].item()):
+                break
+        loss_sum, correct, seen = _reduce(totals.tolist(), device, ddp.world)
+        if not math.isfinite(loss_sum):
+            raise Diverged(
+                f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept "
+                f"the last good checkpoint in {run_dir} (try a lower --lr)"
+            )
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": None,
+            "val_acc": None,
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+        if splits.val is not None:
+            row["val_loss"], row["val_acc"] = evaluate(
+                evaluated, splits.val.images, splits.val.labels, splits, device, config.amp
+            )
+        history.append(row)
+        score = row["val_acc"] if row["val_acc"] is not None else epoch  # no val: keep the last
+        improved = score > best_acc + config.min_delta
+        if improved:
+            best_acc = score
+            patience_left = config.patience
+        else:
+            patience_left -= 1
+        if ddp.main:
+            log(
+                f"epoch {epoch + 1}/{config.epochs}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f}"
+                + (
+                    f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+                    if row["val_acc"] is not None
+                    else ""
+                )
+                + f"  lr {lr:.4g}  {seconds:.1f} s  {row['images_per_s']:.0f} img/s"
+                + ("  *" if improved else "")
+            )
+            if improved:
+                checkpoint.save_release(
+                    run_dir / checkpoint.BEST_DIR,
+                    evaluated,
+                    classes,
+                    splits.normalization,
+                    {"epoch": epoch + 1, "val_acc": row["val_acc"], "val_loss": row["val_loss"]},
+                    _release_provenance(run_dir, config),
+                    half=config.release_half,
+                )
+            runs.write_history(run_dir, history)
+        state_rng = [rng_state()] if ddp.world == 1 else _gather(rng_state(), ddp.world)
+        if ddp.main:
+            checkpoint.save_state(
+                run_dir / checkpoint.LAST_FILE,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.module.state_dict() if ema is not None else None,
+                    "rng": state_rng,
+                    "epoch": epoch,
+                    "best_acc": best_acc,
+                },
+            )
+        if config.patience and patience_left <= 0:
+            if ddp.main:
+                log(
+                    f"early stop: no val accuracy gain over {config.min_delta} in "
+                    f"{config.patience} epochs"
+                )
+            break
+
+    results = {}
+    if ddp.main:
+        results = _finish(run_dir, config, splits, device, history, log)
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return results
+
+
+def _gather(state: dict, world: int) -> list[dict]:
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _release_provenance(run_dir: Path, config: TrainConfig) -> dict:
+    written = runs.read_config(run_dir)
+    return {
+        **written["provenance"],
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
+        "data": written["data"],
+    }
+
+
+def _finish(
+    run_dir: Path,
+    config: TrainConfig,
+    splits: DataSplits,
+    device: torch.device,
+    history: list[dict],
+    log: Callable[[str], None],
+) -> dict:
+    """The test split, once, on the released weights (exactly what inference will load), with
+    and without TTA; then results.json, the release's metrics and the plots."""
+    release = checkpoint.load_release(run_dir, device)
+    metrics = dict(release.meta["metrics"])
+    if splits.test is not None:
+        for tta in sorted({0, config.tta}):
+            _, accuracy = evaluate(
+                release.model,
+                splits.test.images,
+                splits.test.labels,
+                splits,
+                device,
+                config.amp,
+                tta,
+            )
+            metrics[f"test_acc_tta{tta}"] = accuracy
+    checkpoint.update_release_metrics(release.path, metrics)
+    results = {
+        "run_dir": str(run_dir),
+        "epochs_run": len(history),
+        "train_seconds": sum(row["seconds"] for row in history),
+        **metrics,
+    }
+    runs.write_json(run_dir / "results.json", results)
+    for out in filter(None, (run_dir, config.plots_dir)):
+        plot_history(history, out, f"({model_name(release.model.spec)})")
+    log(
+        "results: "
+        + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()
+        )
+    )
+    return results

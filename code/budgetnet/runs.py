@@ -1,0 +1,115 @@
+"""A run directory: what was run (resolved config, seed, git revision, command line), how it
+went (history.csv), and where its checkpoints are. Everything a result needs to be rebuilt.
+
+    runs/<name>/config.yaml   resolved training config, model spec, provenance
+    runs/<name>/history.csv   one row per epoch
+    runs/<name>/last.pt       resume state, rewritten atomically every epoch
+    runs/<name>/best/         the best model by validation accuracy, as a release
+    runs/<name>/results.json  final metrics (validation, and test reported separately)
+    runs/<name>/*.png         loss, accuracy and learning-rate curves
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from budgetnet.errors import UserError
+from budgetnet.files import atomic_write
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def git_revision() -> str | None:
+    """The commit of this code, with "-dirty" if it has uncommitted changes; None outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def provenance(seed: int, argv: list[str] | None = None) -> dict:
+    import torch
+
+    return {
+        "seed": seed,
+        "git_revision": git_revision(),
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def default_run_dir(model_name: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{model_name}"
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    with atomic_write(run_dir / "config.yaml") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+
+
+def read_config(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)") from None
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    with atomic_write(run_dir / "history.csv", newline="") as handle:
+        writer = csv.DictWriter(handle, HISTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [
+            {k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2)

@@ -1,0 +1,159 @@
+"""Budget search: the grid, the budget filter, the ranking, the Pareto front, files and CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+import search as search_cli
+from budgetnet.complexity import count_flops, count_params
+from budgetnet.errors import UserError, run_cli
+from budgetnet.search import (
+    COLUMNS,
+    Grid,
+    format_markdown,
+    pareto_front,
+    rank_by_training,
+    search,
+    write_csv,
+)
+
+SMALL = Grid(stages=3, blocks=(1, 2), widths=(16, 32, 48), kernels=(3, 5), pools=(2, 8))
+
+
+def test_default_grid_has_at_least_10000_candidates_and_keeps_only_what_fits():
+    grid = Grid()
+    assert len(grid) >= 10_000
+    kept = search(grid, 5_000_000)
+    assert 0 < len(kept) < len(grid)
+    assert all(c.params <= 5_000_000 for c in kept)
+    assert len(SMALL) == 2**3 * 3 * 2 * 2 == sum(1 for _ in SMALL.specs())
+
+
+def test_search_keeps_exactly_what_fits_and_ranks_by_flops():
+    budget = 1_000_000
+    kept = search(SMALL, budget)
+    fits = {spec for spec in SMALL.specs() if count_params(spec) <= budget}
+    assert {c.spec for c in kept} == fits and 0 < len(fits) < len(SMALL)
+    for c in kept:
+        assert c.params == count_params(c.spec) <= budget
+        assert c.flops == count_flops(c.spec).flops
+    keys = [(-c.flops, c.params) for c in kept]
+    assert keys == sorted(keys)
+
+
+def test_pareto_front_by_hand():
+    #         0       1       2       3       4       5
+    points = [(1, 5), (2, 4), (2, 6), (3, 6), (3, 7), (1, 5)]
+    # (2,4) has more params and fewer FLOPs than (1,5); (3,6) more params than (2,6), same FLOPs;
+    # the two (1,5) do not dominate each other.
+    assert pareto_front(points) == {0, 2, 4, 5}
+    assert pareto_front([]) == set()
+
+
+def test_search_marks_the_pareto_front_by_definition():
+    kept = search(SMALL, 2_000_000)
+
+    def dominated(c):
+        return any(
+            o.params <= c.params
+            and o.flops >= c.flops
+            and (o.params, o.flops) != (c.params, c.flops)
+            for o in kept
+        )
+
+    assert [c.pareto for c in kept] == [not dominated(c) for c in kept]
+    assert kept[0].pareto  # the top of the ranking is never dominated
+
+
+def test_grid_keys_are_checked():
+    with pytest.raises(UserError, match=r"unknown grid keys \['width'\]"):
+        Grid.from_dict({"width": [32]})
+    with pytest.raises(UserError, match="non-empty list"):
+        Grid(kernels=())
+    with pytest.raises(UserError, match="kernel must be odd"):
+        search(Grid(kernels=(4,)), 5_000_000)
+
+
+def test_rank_by_training_reorders_the_top_k_by_accuracy():
+    kept = search(SMALL, 2_000_000)
+    accuracy = {c.spec: 0.5 + 0.01 * i for i, c in enumerate(kept[:4])}  # later is better
+    trained = []
+
+    def train_fn(spec):
+        trained.append(spec)
+        return accuracy[spec]
+
+    ranked = rank_by_training(kept, train_fn, top_k=4)
+    assert trained == [c.spec for c in kept[:4]]
+    assert [c for c, _ in ranked] == kept[:4][::-1]
+    assert [acc for _, acc in ranked] == sorted(accuracy.values(), reverse=True)
+    ties = rank_by_training(kept, lambda spec: 0.9, top_k=3)
+    assert [c for c, _ in ties] == kept[:3]  # equal accuracy keeps the analytic order
+    with pytest.raises(UserError):
+        rank_by_training(kept, train_fn, top_k=0)
+
+
+def test_csv_and_markdown(tmp_path):
+    kept = search(SMALL, 1_000_000)
+    write_csv(tmp_path / "out" / "candidates.csv", kept)
+    with open(tmp_path / "out" / "candidates.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(COLUMNS) and len(rows) == len(kept)
+    first = kept[0]
+    assert rows[0]["blocks"] == " ".join(map(str, first.spec.blocks))
+    assert int(rows[0]["params"]) == first.params and int(rows[0]["flops"]) == first.flops
+    assert [r["pareto"] == "True" for r in rows] == [c.pareto for c in kept]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+    text = format_markdown(kept, SMALL, 1_000_000, top=3)
+    assert f"{len(kept):,} of {len(SMALL):,} grid candidates fit" in text
+    assert "most FLOPs per image first" in text
+    assert len([line for line in text.splitlines() if line.startswith("|")]) == 2 + 3
+
+
+def run_search(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(search_cli.main, list(argv))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_search_cli_flags_override_the_yaml(tmp_path, capsys):
+    config = tmp_path / "grid.yaml"
+    config.write_text("stages: 2\nblocks: [1, 2]\nwidths: [8, 16]\nkernels: [3]\npools: [4, 16]\n")
+    out = tmp_path / "res"
+    code, stdout, _ = run_search(
+        capsys, "--config", str(config), "--pools", "16", "--max-params", "1e5", "--out", str(out)
+    )
+    assert code == 0
+    assert "of 8 grid candidates fit" in stdout  # 2^2 blocks x 2 widths x 1 kernel x 1 pool
+    assert (out / "candidates.csv").exists() and (out / "candidates.md").exists()
+
+    config.write_text("stages: 2\nkernel: [3]\n")
+    for argv, fragment in [
+        (["--config", str(config)], "unknown grid keys ['kernel']"),
+        (["--kernels", "4"], "kernel must be odd"),
+        (["--max-params", "0"], "--max-params must be a whole number"),
+        (["--config", str(tmp_path / "none.yaml")], "cannot read grid"),
+    ]:
+        code, stdout, err = run_search(capsys, *argv, "--out", str(out))
+        assert code == 2 and stdout == ""
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err
+
+
+def test_search_cli_runs_as_a_script(tmp_path, run_script):
+    out = tmp_path / "res"
+    result = run_script("code/search.py", "--widths", "32", "64", "--out", str(out), "--top", "5")
+    assert result.returncode == 0, result.stderr
+    assert "under 5,000,000 parameters" in result.stdout and "| rank |" in result.stdout
+    assert (out / "candidates.csv").exists() and (out / "candidates.md").exists()
+
+
+def test_search_cli_bad_value_is_one_line(run_script):
+    bad = run_script("code/search.py", "--block", "dense")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: block must be one of ['basic', 'bottleneck', 'preact', 'res9'], got 'dense'"
+    ]

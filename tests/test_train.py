@@ -1,0 +1,438 @@
+"""The training engine and code/train.py on small synthetic data, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from budgetnet import checkpoint, engine
+from budgetnet.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
+from budgetnet.config import TrainConfig
+from budgetnet.data import Normalization
+from budgetnet.errors import UserError
+from budgetnet.models import ResNetSpec
+
+from cifar_files import write_cifar10
+from conftest import REPO
+
+TINY = [
+    "--blocks",
+    "1",
+    "1",
+    "--channels",
+    "8",
+    "16",
+    "--batch-size",
+    "32",
+    "--val-size",
+    "40",
+    "--aa",
+    "",
+    "--reprob",
+    "0",
+    "--warmup-epochs",
+    "0.5",
+    "--device",
+    "cpu",
+]
+NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar")
+    write_cifar10(folder, per_batch=40, test_count=50)  # 200 train, 50 test images
+    return folder
+
+
+def test_one_epoch_writes_every_artifact(cifar, tmp_path, run_script):
+    run = tmp_path / "run"
+    result = run_script(
+        "code/train.py",
+        "--data",
+        str(cifar),
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(run),
+        "--seed",
+        "3",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["config"]["seed"] == 3 and config["config"]["epochs"] == 1
+    assert config["model"]["channels"] == [8, 16]
+    assert config["provenance"]["command"].startswith("train.py --data")
+    assert "git_revision" in config["provenance"] and config["data"]["val_size"] == 40
+    header, row = (run / "history.csv").read_text().splitlines()
+    assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s"
+    assert row.startswith("0,") and len(row.split(",")) == 8
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and set(state) >= {"model", "optimizer", "ema", "rng"}
+    meta = json.loads((run / "best" / "model.json").read_text())
+    assert meta["classes"][0] == "airplane" and meta["spec"]["blocks"] == [1, 1]
+    assert meta["normalization"]["source"].startswith("per-channel mean/std of 160 training")
+    assert {"val_acc", "test_acc_tta0", "test_acc_tta1"} <= set(meta["metrics"])
+    assert meta["provenance"]["seed"] == 3 and meta["weights_dtype"] == "float16"
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_acc_tta0"] == meta["metrics"]["test_acc_tta0"]
+    for png in ("loss_curve.png", "accuracy_curve.png", "lr_curve.png"):
+        assert (run / png).read_bytes().startswith(b"\x89PNG")
+    release = checkpoint.load_release(run)
+    assert release.model.spec.channels == (8, 16)
+    assert "epoch 1/1" in result.stdout and "results:" in result.stdout
+
+
+def _train_until_killed(cifar, run, env):
+    """Start a run and SIGKILL it as soon as its first epoch's resume state exists."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "code/train.py",
+            "--data",
+            str(cifar),
+            "--epochs",
+            "4",
+            "--run-dir",
+            str(run),
+            *TINY,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not (run / "last.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return torch.load(run / "last.pt", weights_only=True)["epoch"]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_with_identical_weights(cifar, tmp_path, run_script):
+    env = {**os.environ, "BUDGETNET_CACHE": str(tmp_path / "cache")}
+    straight = run_script(
+        "code/train.py",
+        "--data",
+        str(cifar),
+        "--epochs",
+        "4",
+        "--run-dir",
+        str(tmp_path / "a"),
+        *TINY,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed_after = _train_until_killed(cifar, tmp_path / "b", env)
+    assert killed_after < 3, "the run finished before it could be killed"
+    resumed = run_script("code/train.py", "--resume", str(tmp_path / "b"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {tmp_path / 'b'} after epoch {killed_after + 1}" in resumed.stdout
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    history_a = (tmp_path / "a" / "history.csv").read_text().splitlines()
+    history_b = (tmp_path / "b" / "history.csv").read_text().splitlines()
+    assert len(history_b) == 5
+    strip = [line.split(",")[:6] for line in history_a], [line.split(",")[:6] for line in history_b]
+    assert strip[0] == strip[1]  # everything but the timings
+
+
+def test_resume_refuses_other_settings(cifar, tmp_path, run_script):
+    result = run_script("code/train.py", "--resume", str(tmp_path), "--lr", "0.5")
+    assert result.returncode == 2 and "drop --lr" in result.stderr
+    result = run_script("code/train.py", "--resume", str(tmp_path))
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def _optimizer(config):
+    model = torch.nn.Linear(2, 2)
+    return engine.make_optimizer(config, model)
+
+
+def test_cosine_schedule_at_exact_steps():
+    config = TrainConfig(
+        epochs=10, warmup_epochs=2, lr=0.1, batch_size=256, lr_base_size=128, min_lr=0.001
+    )
+    optimizer = _optimizer(config)
+    set_lr = engine.make_schedule(config, optimizer, steps_per_epoch=100)
+    peak = 0.2  # lr per 128 images, at 256 per batch
+    assert set_lr(0) == pytest.approx(0.0)
+    assert set_lr(100) == pytest.approx(peak / 2)  # halfway through the warmup
+    assert set_lr(200) == pytest.approx(peak)  # end of warmup: the peak
+    assert set_lr(600) == pytest.approx((peak + 0.001) / 2)  # cosine midpoint
+    last = 0.001 + (peak - 0.001) * (1 + math.cos(math.pi * 799 / 800)) / 2
+    assert set_lr(999) == pytest.approx(last) and last < 0.0011
+    assert set_lr(200) == pytest.approx(peak)  # a pure function of the step
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(peak)
+
+
+def test_onecycle_schedule_peaks_at_epoch_5_of_24():
+    config = TrainConfig(epochs=24, sched="onecycle", opt="adam", lr=0.01, batch_size=128)
+    optimizer = _optimizer(config)
+    set_lr = engine.make_schedule(config, optimizer, steps_per_epoch=10)
+    lrs = [set_lr(step) for step in range(240)]
+    assert int(np.argmax(lrs)) == 49  # 5/24 of 240 steps, counted from 0
+    assert max(lrs) == pytest.approx(0.01)
+    assert lrs[0] == pytest.approx(0.01 / 25) and lrs[-1] < 1e-5
+    assert set_lr(49) == pytest.approx(0.01)
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    from budgetnet.models import build
+
+    model = build(ResNetSpec((1,), (8,)))
+    groups = engine.make_optimizer(TrainConfig(), model).param_groups
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 5e-4
+    assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0
+
+
+def test_epoch_order_is_seeded_and_sharded():
+    full = epoch_order(0, 3, 100, 20)
+    assert len(full) == 100 and torch.equal(full, epoch_order(0, 3, 100, 20))
+    assert not torch.equal(full, epoch_order(0, 4, 100, 20))
+    shards = [epoch_order(0, 3, 100, 20, rank, 2) for rank in range(2)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(100))
+    assert len(epoch_order(0, 0, 105, 20)) == 100  # the partial batch is dropped
+
+
+def test_device_and_worker_batches_shapes_and_values():
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(64) % 10
+    for kind, config in (
+        (DeviceBatches, TrainConfig(batch_size=16, aa=None)),
+        (WorkerBatches, TrainConfig(batch_size=16, workers=0)),
+    ):
+        batches = kind(images, labels, config, torch.device("cpu"))
+        got = list(batches.epoch(0))
+        assert len(got) == len(batches) == 4
+        for x, y in got:
+            assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32) and y.dtype == torch.int64
+        seen = torch.cat([y for _, y in got])
+        assert sorted(seen.tolist()) == sorted(labels.tolist())
+    # No augmentation: batches are exactly the images in epoch order.
+    plain = TrainConfig(batch_size=16, aa=None, crop_padding=0, hflip=0)
+    x, _ = next(DeviceBatches(images, labels, plain, torch.device("cpu")).epoch(0))
+    first = epoch_order(0, 0, 64, 16)[:16]
+    assert torch.equal(x, torch.from_numpy(images[first.numpy()]).permute(0, 3, 1, 2))
+
+
+def test_random_crop_matches_a_padded_window():
+    from budgetnet.augment import random_crop
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_batch_augment_normalises_erases_and_mixes():
+    images = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    labels = torch.arange(8)
+    plain = BatchAugment(TrainConfig(reprob=0), NORM, 10, None, torch.device("cpu"))
+    x, y = plain(images, labels)
+    assert torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=1e-6)
+    assert torch.equal(y, labels) and x.is_contiguous(memory_format=torch.channels_last)
+    erased, _ = BatchAugment(TrainConfig(reprob=1.0), NORM, 10, None, torch.device("cpu"))(
+        images, labels
+    )
+    assert (erased != x).any(dim=(1, 2, 3)).all()  # every image got a patch
+    mixed = BatchAugment(TrainConfig(mixup=0.8, smoothing=0.1), NORM, 10, None, torch.device("cpu"))
+    _, soft = mixed(images, labels)
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert (soft.min(1).values >= 0.1 / 10 - 1e-6).all()  # smoothing mass on every class
+
+
+def test_label_smoothing_loss():
+    loss = engine.make_loss(TrainConfig(smoothing=0.1))
+    logits = torch.tensor([[10.0, 0.0, 0.0]])
+    log_p = logits.log_softmax(1)
+    expected = -(0.9 + 0.1 / 3) * log_p[0, 0] - (0.1 / 3) * (log_p[0, 1] + log_p[0, 2])
+    assert loss(logits, torch.tensor([0])).item() == pytest.approx(expected.item())
+    soft = engine.make_loss(TrainConfig(mixup=0.2))
+    target = torch.tensor([[0.5, 0.5, 0.0]])
+    assert soft(logits, target).item() == pytest.approx(-(0.5 * log_p[0, :2]).sum().item())
+
+
+def test_ema_follows_the_weights():
+    from timm.utils import ModelEmaV3
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEmaV3(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert ema.module.weight.item() == pytest.approx(0.1)
+    ema.update(model)
+    assert ema.module.weight.item() == pytest.approx(0.19)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypatch):
+    real_loss = engine.make_loss
+    calls = {"n": 0}
+
+    def poisoned(config):
+        inner = real_loss(config)
+
+        def loss(logits, target):
+            calls["n"] += 1
+            value = inner(logits, target)
+            return value * float("nan") if calls["n"] > 5 else value  # 5 steps = epoch 1
+
+        return loss
+
+    monkeypatch.setattr(engine, "make_loss", poisoned)
+    config = TrainConfig(
+        data=str(cifar),
+        epochs=3,
+        batch_size=32,
+        val_size=40,
+        aa=None,
+        reprob=0,
+        warmup_epochs=0.5,
+        run_dir=str(tmp_path / "run"),
+        device="cpu",
+    )
+    with pytest.raises(engine.Diverged, match="the loss became nan in epoch 2; .*kept"):
+        engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping(cifar, tmp_path):
+    config = TrainConfig(
+        data=str(cifar),
+        epochs=20,
+        batch_size=32,
+        val_size=40,
+        aa=None,
+        reprob=0,
+        warmup_epochs=0,
+        run_dir=str(tmp_path / "run"),
+        device="cpu",
+        patience=1,
+        min_delta=1.0,
+    )  # no epoch can gain a whole 100%
+    results = engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
+    assert results["epochs_run"] == 2
+
+
+def test_config_file_presets_and_unknown_keys(cifar, tmp_path, run_script):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "epochs": 1,
+                "batch_size": 32,
+                "aa": None,
+                "reprob": 0,
+                "warmup_epochs": 0,
+                "val_size": 40,
+                "device": "cpu",
+                "model": {"preset": "resnet20", "channels": [4, 8, 16]},
+            }
+        )
+    )
+    result = run_script(
+        "code/train.py",
+        "--config",
+        str(config),
+        "--data",
+        str(cifar),
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--blocks",
+        "1",
+        "1",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["model"]["blocks"] == [1, 1, 1] and saved["model"]["channels"] == [4, 8, 16]
+    assert saved["model"]["shortcut"] == "identity"  # from the resnet20 preset
+    config.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    result = run_script("code/train.py", "--config", str(config))
+    assert result.returncode == 2 and "unknown setting(s) learning_rate" in result.stderr
+    result = run_script("code/train.py", "--preset", "no-such-thing", "--data", str(cifar))
+    assert result.returncode == 2 and "unknown preset" in result.stderr
+
+
+def test_training_preset_resolves_recipe_and_model():
+    from budgetnet.config import PRESETS
+
+    sys.path.insert(0, str(REPO / "code"))
+    import train
+
+    args = train.parse(["--preset", "cpu-quick", "--epochs", "3"])
+    config, model = train.train_config.resolve(args, train.MODEL_KEYS)
+    assert config.epochs == 3 and config.batch_size == PRESETS["cpu-quick"]["batch_size"]
+    spec = train.resolve_spec(args, model)
+    assert list(spec.channels) == PRESETS["cpu-quick"]["model"]["channels"]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(cifar, tmp_path):
+    if shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "code/train.py",
+            "--data",
+            str(cifar),
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(run),
+            *TINY,
+        ],
+        cwd=REPO,
+        env={**os.environ, "BUDGETNET_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert len(state["rng"]) == 2  # one RNG state per process
+    rows = (run / "history.csv").read_text().splitlines()
+    assert len(rows) == 2 and (run / "best" / "model.json").exists()
+    assert result.stdout.count("epoch 1/1 ") == 1  # only rank 0 reports
+
+
+def test_resume_state_loads_only_tensors(tmp_path):
+    checkpoint.save_state(tmp_path / "last.pt", {"x": torch.ones(2), "epoch": 1})
+    assert checkpoint.load_state(tmp_path / "last.pt")["epoch"] == 1
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="unreadable resume state"):
+        checkpoint.load_state(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
