@@ -5,6 +5,12 @@
 
 Grid flags override the YAML file's keys (stages, blocks, widths, kernels, pools, block,
 shortcut, num_classes, input_size); writes candidates.csv (all that fit) and candidates.md.
+
+With `--train-top K --epochs E`, the first K candidates are then trained for E epochs each
+with code/train.py's recipe (`--train-config FILE.yaml` changes it) and re-ranked by
+validation accuracy on the held-out split (trained.csv / trained.md):
+
+    python code/search.py --max-params 5e6 --train-top 5 --epochs 10 --data ../shared/data/cifar10
 """
 
 from __future__ import annotations
@@ -13,8 +19,71 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from budgetnet import config as train_config
+from budgetnet.complexity import markdown_table
+from budgetnet.data import load_splits
 from budgetnet.errors import UserError, run_cli
-from budgetnet.search import Grid, format_markdown, load_grid, search, write_csv, write_markdown
+from budgetnet.search import (
+    Grid,
+    format_markdown,
+    load_grid,
+    rank_by_training,
+    search,
+    write_csv,
+    write_markdown,
+    write_rows,
+)
+
+
+def train_ranking(candidates, args, out: Path) -> str:
+    """Short training runs of the top candidates on one data load; a Markdown table."""
+    from budgetnet.engine import fit, model_name
+
+    overrides = train_config.read_config_file(args.train_config) if args.train_config else {}
+    overrides.pop("model", None)  # the model is the candidate
+    config = train_config.merge(train_config.TrainConfig(), overrides, "--train-config")
+    config = train_config.merge(
+        config,
+        {
+            "epochs": args.epochs,
+            "data": args.data,
+            "max_per_class": args.max_per_class,
+            "device": args.device,
+            "warmup_epochs": min(config.warmup_epochs, args.epochs / 4),
+        },
+        "flags",
+    )
+    if not config.val_size:
+        raise UserError("ranking by training needs a validation split (val_size > 0)")
+    splits = load_splits(
+        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+    )
+
+    def validation_accuracy(spec) -> float:
+        run = dataclasses.replace(config, run_dir=str(out / "train" / model_name(spec)))
+        return fit(run, spec, splits=splits)["val_acc"]
+
+    ranked = rank_by_training(candidates, validation_accuracy, args.train_top)
+    rows = [
+        (
+            i,
+            " ".join(map(str, c.spec.blocks)),
+            " ".join(map(str, c.spec.channels)),
+            c.spec.kernel,
+            c.spec.pool,
+            c.params,
+            c.flops,
+            f"{accuracy:.4f}",
+        )
+        for i, (c, accuracy) in enumerate(ranked, 1)
+    ]
+    header = ("rank", "blocks", "channels", "kernel", "pool", "params", "flops", "val_acc")
+    write_rows(out / "trained.csv", header, rows)
+    return (
+        f"Top {args.train_top} by validation accuracy after {args.epochs} epochs "
+        f"({len(splits.val)} held-out images, seed {config.seed}):\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     grid_args.add_argument("--input-size", type=int)
     parser.add_argument("--top", type=int, default=20, help="rows to print and write as Markdown")
     parser.add_argument("--out", default="runs/search", help="folder for the CSV and Markdown")
+    ranking = parser.add_argument_group("re-ranking by short training runs")
+    ranking.add_argument(
+        "--train-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="train the first K candidates and rank them by val accuracy",
+    )
+    ranking.add_argument("--epochs", type=int, default=10, help="epochs per candidate")
+    ranking.add_argument("--data", help="training data (any source budgetnet.data reads)")
+    ranking.add_argument("--max-per-class", type=int, help="first N training images per class")
+    ranking.add_argument("--train-config", help="YAML of training settings (code/train.py's)")
+    ranking.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     if args.max_params < 1 or args.max_params != int(args.max_params):
@@ -57,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(out / "candidates.md", text)
     print(text)
     print(f"\nwrote {out / 'candidates.csv'} and {out / 'candidates.md'}")
+    if args.train_top:
+        trained = train_ranking(candidates, args, out)
+        write_markdown(out / "trained.md", trained)
+        print(f"\n{trained}\n\nwrote {out / 'trained.md'}")
     return 0
 
 

@@ -107,6 +107,7 @@ def _train_until_killed(cifar, run, env):
             "4",
             "--run-dir",
             str(run),
+            "--ema",
             *TINY,
         ],
         cwd=REPO,
@@ -133,6 +134,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(cifar, tmp_path, run
         "4",
         "--run-dir",
         str(tmp_path / "a"),
+        "--ema",
         *TINY,
     )
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -144,8 +146,9 @@ def test_killed_and_resumed_run_ends_with_identical_weights(cifar, tmp_path, run
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    for part in ("model", "ema"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
     history_a = (tmp_path / "a" / "history.csv").read_text().splitlines()
     history_b = (tmp_path / "b" / "history.csv").read_text().splitlines()
     assert len(history_b) == 5
@@ -408,6 +411,7 @@ def test_two_process_gloo_run(cifar, tmp_path):
             "1",
             "--run-dir",
             str(run),
+            "--ema",
             *TINY,
         ],
         cwd=REPO,
@@ -436,3 +440,78 @@ def test_resume_state_loads_only_tensors(tmp_path):
     with pytest.raises(UserError, match="unreadable resume state"):
         checkpoint.load_state(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_search_ranks_top_candidates_by_short_training(cifar, tmp_path, run_script):
+    settings = tmp_path / "train.yaml"
+    settings.write_text("val_size: 40\nbatch_size: 32\naa: null\nreprob: 0\ndevice: cpu\n")
+    result = run_script(
+        "code/search.py",
+        "--max-params",
+        "3e4",
+        "--widths",
+        "4",
+        "8",
+        "--blocks",
+        "1",
+        "--kernels",
+        "3",
+        "--pools",
+        "0",
+        "--stages",
+        "2",
+        "--train-top",
+        "2",
+        "--epochs",
+        "1",
+        "--data",
+        str(cifar),
+        "--train-config",
+        str(settings),
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "s" / "trained.csv").read_text().splitlines()
+    assert rows[0] == "rank,blocks,channels,kernel,pool,params,flops,val_acc" and len(rows) == 3
+    accuracies = [float(row.split(",")[-1]) for row in rows[1:]]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert len(list((tmp_path / "s" / "train").iterdir())) == 2  # one run directory each
+
+
+def test_lr_range_test_finds_a_descent_and_plots(cifar, tmp_path, run_script):
+    out = tmp_path / "lr.png"
+    result = run_script(
+        "code/lr_find.py",
+        "--data",
+        str(cifar),
+        "--blocks",
+        "1",
+        "1",
+        "--channels",
+        "8",
+        "16",
+        "--batch-size",
+        "32",
+        "--aa",
+        "",
+        "--reprob",
+        "0",
+        "--steps",
+        "30",
+        "--start-lr",
+        "1e-4",
+        "--end-lr",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes().startswith(b"\x89PNG")
+    rows = out.with_suffix(".csv").read_text().splitlines()
+    assert rows[0] == "lr,loss,smoothed" and 3 < len(rows) <= 31
+    lrs = [float(row.split(",")[0]) for row in rows[1:]]
+    assert lrs[0] == pytest.approx(1e-4) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert "steepest descent at lr" in result.stdout

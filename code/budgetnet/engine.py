@@ -221,7 +221,11 @@ def _reduce(values: list[float], device: torch.device, world: int) -> list[float
 
 
 def model_name(spec: ResNetSpec) -> str:
-    return f"{spec.block}-b{''.join(map(str, spec.blocks))}-c{'-'.join(map(str, spec.channels))}"
+    """A short name for run directories: block type, B, C, F and P."""
+    return (
+        f"{spec.block}-b{''.join(map(str, spec.blocks))}-c{'-'.join(map(str, spec.channels))}"
+        f"-k{spec.kernel}-p{spec.pool}"
+    )
 
 
 def fit(

@@ -153,11 +153,15 @@ def _row(rank: int, c: Candidate) -> tuple:
     return (rank, blocks, channels, spec.kernel, spec.pool, c.params, c.flops, c.pareto)
 
 
-def write_csv(path: str | Path, candidates: Sequence[Candidate]) -> None:
+def write_rows(path: str | Path, header: Sequence[str], rows) -> None:
     with atomic_write(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(_row(rank, c) for rank, c in enumerate(candidates, 1))
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_csv(path: str | Path, candidates: Sequence[Candidate]) -> None:
+    write_rows(path, COLUMNS, (_row(rank, c) for rank, c in enumerate(candidates, 1)))
 
 
 def format_markdown(candidates: Sequence[Candidate], grid: Grid, max_params: int, top: int) -> str:
