@@ -153,7 +153,7 @@ def test_parallel_decode_matches_serial(tmp_path):
     write_image_folder(tmp_path, {"a": 30, "b": 30})
     paths = sorted(str(p) for p in tmp_path.rglob("*.png"))
     np.testing.assert_array_equal(
-        data._decode_parallel(paths * 40, workers=2), data._decode_images(paths * 40)
+        data._decode_parallel(paths * 40, workers=2), data.decode_images(paths * 40)
     )
 
 
@@ -317,3 +317,12 @@ def test_load_splits_refuses_mismatched_classes(tmp_path):
     write_image_folder(tmp_path, {"a": 2, "c": 2}, split="test")
     with pytest.raises(UserError, match="test classes"):
         load_splits(tmp_path, val_size=0, cache_dir=None)
+
+
+def test_named_dataset_skips_an_image_folder_of_another_size(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "ten", {c: 1 for c in CIFAR10_CLASSES})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUDGETNET_DATA", str(tmp_path / "ten"))
+    assert resolve_source("cifar10").path == tmp_path / "ten"
+    with pytest.raises(UserError, match="no cifar100 data found"):
+        resolve_source("cifar100", download=False)

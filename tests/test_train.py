@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -15,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from budgetnet import checkpoint, engine
 from budgetnet.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
 from budgetnet.config import TrainConfig
-from budgetnet.data import Normalization
+from budgetnet.data import DataSplits, Normalization
 from budgetnet.errors import UserError
 from budgetnet.models import ResNetSpec
 
@@ -515,3 +517,87 @@ def test_lr_range_test_finds_a_descent_and_plots(cifar, tmp_path, run_script):
     lrs = [float(row.split(",")[0]) for row in rows[1:]]
     assert lrs[0] == pytest.approx(1e-4) and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     assert "steepest descent at lr" in result.stdout
+
+
+def test_per_image_augmentations_need_workers():
+    from budgetnet.augment import make_batches, pil_transform, uses_device_batches
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(16) % 10
+
+    plain = TrainConfig(aa=None)
+    assert uses_device_batches(plain)
+    for extra in (
+        {"color_jitter": [0.4]},
+        {"grayscale_prob": 0.5},
+        {"affine_degrees": 15.0, "affine_translate": 0.1, "affine_scale": 0.1},
+    ):
+        config = TrainConfig(aa=None, batch_size=8, workers=0, **extra)
+        assert not uses_device_batches(config), extra
+        x, _ = next(make_batches(images, labels, config, torch.device("cpu")).epoch(0))
+        assert x.dtype == torch.uint8 and x.shape == (8, 3, 32, 32)
+        with pytest.raises(UserError, match="--device-data on cannot apply"):
+            make_batches(
+                images, labels, TrainConfig(aa=None, device_data="on", **extra), torch.device("cpu")
+            )
+    # One ColorJitter strength means brightness, contrast and saturation, as in timm.
+    jitter = pil_transform(TrainConfig(aa=None, color_jitter=[0.4]), 32).transforms[2]
+    assert jitter.p == 1.0 and tuple(jitter.transforms[0].saturation) == pytest.approx((0.6, 1.4))
+    assert jitter.transforms[0].hue is None
+    grey = pil_transform(TrainConfig(aa=None, grayscale_prob=1.0, hflip=0, crop_padding=0), 32)
+    out = grey(Image.fromarray(images[0]))
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
+def test_cutout_erases_one_fixed_square_with_the_mean_colour():
+    images = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
+    config = TrainConfig(reprob=1.0, remode="const", cutout=16)
+    x, _ = BatchAugment(config, NORM, 10, None, torch.device("cpu"))(images, torch.arange(4))
+    for image in x:
+        hole = (image == 0).all(dim=0)  # zero after normalisation: the mean colour
+        rows, cols = hole.any(dim=1).nonzero(), hole.any(dim=0).nonzero()
+        assert hole.sum() == 16 * 16 and len(rows) == len(cols) == 16
+    resized = BatchAugment(config, NORM, 10, 64, torch.device("cpu"))(images, torch.arange(4))[0]
+    assert (resized[0] == 0).all(dim=0).sum() == 32 * 32  # the same share of a resized image
+
+
+def test_new_settings_are_checked_and_parsed():
+    from budgetnet.config import MLFLOW_DEFAULT, add_config_arguments, merge
+
+    assert merge(TrainConfig(), {"color_jitter": 0.4}, "f").color_jitter == [0.4]
+    for bad in (
+        {"color_jitter": [0.1, 0.2]},
+        {"cutout": 16, "reprob": 0},
+        {"cutout": 32},
+        {"grayscale_prob": 2},
+        {"affine_scale": 1.0},
+        {"normalize": "cifar"},
+    ):
+        with pytest.raises(UserError):
+            merge(TrainConfig(), bad, "f")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert parser.parse_args(["--mlflow"]).mlflow == MLFLOW_DEFAULT
+    args = parser.parse_args(["--mlflow", "sqlite:///m.db", "--color-jitter", "0.2", "0.2", "0.2"])
+    assert args.mlflow == "sqlite:///m.db" and args.color_jitter == [0.2, 0.2, 0.2]
+    assert not hasattr(parser.parse_args([]), "mlflow")  # untyped flags leave the config alone
+
+
+def test_constant_schedule_and_imagenet_normalisation():
+    config = TrainConfig(sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32)
+    set_lr = engine.make_schedule(config, _optimizer(config), steps_per_epoch=10)
+    assert [set_lr(step) for step in (0, 55, 199)] == pytest.approx([1e-3] * 3)
+    from timm.data import IMAGENET_DEFAULT_MEAN
+
+    splits = DataSplits(None, None, None, NORM)
+    assert engine.normalization(TrainConfig(), splits) is NORM
+    imagenet = engine.normalization(TrainConfig(normalize="imagenet"), splits)
+    assert imagenet.mean == IMAGENET_DEFAULT_MEAN and "ImageNet" in imagenet.source
+
+
+def test_top5_is_scored_for_more_than_ten_classes():
+    probs = torch.eye(20)[[0, 1, 2]] * 0.5 + torch.linspace(0.02, 0.01, 20) / 2
+    labels = np.array([0, 3, 19])  # the first guess, the fourth, not among the first five
+    got = engine.scores(probs, labels)
+    assert got["acc"] == pytest.approx(1 / 3) and got["top5"] == pytest.approx(2 / 3)
+    assert "top5" not in engine.scores(torch.eye(10)[[0, 1]], np.array([0, 1]))

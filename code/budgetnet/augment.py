@@ -4,9 +4,10 @@ the training device; normalisation, RandomErasing and Mixup/CutMix then run on t
 
 - `DeviceBatches` (as airbench does): the whole uint8 data set lives on the device; random
   crop and flip are done on whole batches there. No workers, no PIL. Used whenever no per-image
-  PIL augmentation (RandAugment) is asked for.
+  PIL augmentation is asked for.
 - `WorkerBatches`: a DataLoader with worker processes running per-image PIL transforms
-  (random crop, flip, timm's RandAugment), for recipes that need them.
+  (random crop, flip, RandomAffine, ColorJitter, RandomGrayscale, timm's RandAugment), for
+  recipes that need them.
 
 The order of images each epoch comes from `epoch_order(seed, epoch, ...)`, a pure function, so a
 resumed run sees exactly the batches an uninterrupted one would, and every process of a
@@ -21,7 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from budgetnet.config import TrainConfig
-from budgetnet.data import Normalization
+from budgetnet.data import IMAGE_SIZE, Normalization
+from budgetnet.errors import UserError
 from budgetnet.predict import as_uint8_nchw, normalize
 
 
@@ -89,9 +91,40 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     return padded[batch, channel, rows, cols]
 
 
-def pil_transform(config: TrainConfig, image_size: int):
-    """Per-image PIL pipeline: random crop, flip, RandAugment (timm), to a uint8 tensor."""
+def per_image_augmentations(config: TrainConfig, image_size: int) -> list:
+    """The augmentations that work on one PIL image at a time; they follow the crop and flip
+    (as in timm's pipeline): RandomAffine, ColorJitter, RandomGrayscale, RandAugment."""
     from timm.data.auto_augment import rand_augment_transform
+    from torchvision import transforms
+
+    steps = []
+    if config.affine_degrees or config.affine_translate or config.affine_scale:
+        shift, zoom = config.affine_translate, config.affine_scale
+        steps.append(
+            transforms.RandomAffine(
+                config.affine_degrees,
+                translate=(shift, shift) if shift else None,
+                scale=(1 - zoom, 1 + zoom) if zoom else None,
+            )
+        )
+    if config.color_jitter and any(config.color_jitter):
+        jitter = config.color_jitter
+        strengths = jitter * 3 if len(jitter) == 1 else jitter  # one value: as timm expands it
+        steps.append(
+            transforms.RandomApply([transforms.ColorJitter(*strengths)], p=config.color_jitter_prob)
+        )
+    if config.grayscale_prob:
+        steps.append(transforms.RandomGrayscale(config.grayscale_prob))
+    if config.aa:
+        # timm scales translations to the image (45% of its side), as it does for ImageNet;
+        # on 32 px images that is 14 px, not ImageNet's 100.
+        steps.append(rand_augment_transform(config.aa, {"translate_const": int(image_size * 0.45)}))
+    return steps
+
+
+def pil_transform(config: TrainConfig, image_size: int):
+    """Per-image PIL pipeline: random crop, flip, the per-image augmentations, to a uint8
+    tensor."""
     from torchvision import transforms
 
     steps = []
@@ -99,10 +132,7 @@ def pil_transform(config: TrainConfig, image_size: int):
         steps.append(transforms.RandomCrop(image_size, padding=config.crop_padding))
     if config.hflip:
         steps.append(transforms.RandomHorizontalFlip(config.hflip))
-    if config.aa:
-        # timm scales translations to the image (45% of its side), as it does for ImageNet;
-        # on 32 px images that is 14 px, not ImageNet's 100.
-        steps.append(rand_augment_transform(config.aa, {"translate_const": int(image_size * 0.45)}))
+    steps += per_image_augmentations(config, image_size)
     steps.append(transforms.PILToTensor())
     return transforms.Compose(steps)
 
@@ -157,7 +187,7 @@ class WorkerBatches:
 def uses_device_batches(config: TrainConfig) -> bool:
     """Device-resident batches unless a per-image PIL augmentation needs workers."""
     if config.device_data == "auto":
-        return not config.aa
+        return not per_image_augmentations(config, IMAGE_SIZE)
     return config.device_data == "on"
 
 
@@ -170,6 +200,11 @@ def make_batches(
     world: int = 1,
 ):
     kind = DeviceBatches if uses_device_batches(config) else WorkerBatches
+    if kind is DeviceBatches and per_image_augmentations(config, IMAGE_SIZE):
+        raise UserError(
+            "--device-data on cannot apply per-image augmentations (RandAugment, colour "
+            "jitter, grayscale, affine): use --device-data auto or off"
+        )
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} must divide by {world} processes")
     return kind(images, labels, config, device, rank, world)
@@ -191,11 +226,18 @@ class BatchAugment:
         from timm.data.random_erasing import RandomErasing
 
         self.normalization, self.image_size = normalization, image_size
-        self.erase = (
-            RandomErasing(config.reprob, mode=config.remode, device=str(device))
-            if config.reprob
-            else None
-        )
+        self.erase = None
+        if config.reprob:
+            # Cutout (albumentations' CoarseDropout with one hole) is RandomErasing of a fixed
+            # square: one area, aspect ratio 1. As a share of the image it survives resizing.
+            area = (config.cutout / IMAGE_SIZE) ** 2
+            square = {"min_area": area, "max_area": area, "min_aspect": 1.0}
+            self.erase = RandomErasing(
+                config.reprob,
+                mode=config.remode,
+                device=str(device),
+                **(square if config.cutout else {}),
+            )
         self.mix = (
             Mixup(
                 mixup_alpha=config.mixup,
@@ -216,3 +258,15 @@ class BatchAugment:
         if self.mix is not None:
             x, labels = self.mix(x, labels)
         return x, labels
+
+
+def augmented_samples(batches, augment: BatchAugment, count: int = 32) -> torch.Tensor:
+    """The first `count` training images of epoch 0 as the model gets them (augmented,
+    resized), with the normalisation undone: float (count, 3, H, W) in [0, 1], on the CPU.
+
+    Drawing them uses the global RNGs (RandomErasing, Mixup): call it after training."""
+    images, labels = next(iter(batches.epoch(0)))
+    x, _ = augment(images[:count], labels[:count])
+    mean = torch.tensor(augment.normalization.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(augment.normalization.std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1).cpu()

@@ -19,7 +19,12 @@ from typing import Any
 
 import yaml
 
+from budgetnet.data import IMAGE_SIZE
 from budgetnet.errors import UserError
+
+# `--mlflow` without a URI: MLFLOW_TRACKING_URI if set, else MLflow's local default store
+# (./mlruns with MLflow 2; ./mlflow.db with MLflow 3, which retired the file store).
+MLFLOW_DEFAULT = "default"
 
 
 @dataclasses.dataclass
@@ -28,6 +33,7 @@ class TrainConfig:
     data: str | None = None  # any source budgetnet.data reads (None: $BUDGETNET_DATA, ./data)
     max_per_class: int | None = None  # keep the first N training images of each class
     val_size: int = 5000  # images held out from train for validation (0 = none)
+    normalize: str = "data"  # per-channel mean/std: data (of the training images) | imagenet
     # schedule
     epochs: int = 200
     batch_size: int = 128  # images per optimizer step, over all processes
@@ -37,7 +43,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (Adam: beta1)
     nesterov: bool = False
     weight_decay: float = 5e-4  # not applied to BatchNorm weights and biases
-    sched: str = "cosine"  # cosine (linear warmup, then cosine) | onecycle
+    sched: str = "cosine"  # cosine (linear warmup, then cosine) | onecycle | constant
     warmup_epochs: float = 5.0  # cosine: linear warmup from 0 over this many epochs
     min_lr: float = 0.0  # cosine: learning rate at the last step, absolute
     onecycle_pct: float = 5 / 24  # onecycle: fraction of steps rising to the peak (epoch 5 of 24)
@@ -45,8 +51,17 @@ class TrainConfig:
     crop_padding: int = 4  # random crop after zero-padding by this many pixels (0 = off)
     hflip: float = 0.5  # probability of a horizontal flip
     aa: str | None = "rand-m9-n2-mstd0.5"  # timm RandAugment policy (None = off)
+    color_jitter: list[float] | None = None  # torchvision ColorJitter strengths: one value for
+    #                            brightness, contrast and saturation (as timm's --color-jitter),
+    #                            or 3 values, or 4 (+ hue)
+    color_jitter_prob: float = 1.0  # probability of jittering an image
+    grayscale_prob: float = 0.0  # probability of turning an image grey
+    affine_degrees: float = 0.0  # RandomAffine: rotate by up to +- this many degrees,
+    affine_translate: float = 0.0  # shift by up to +- this fraction of the side,
+    affine_scale: float = 0.0  # and zoom by a factor in [1 - this, 1 + this] (0 = off)
     reprob: float = 0.25  # RandomErasing probability per image
-    remode: str = "pixel"  # RandomErasing fill: const | rand | pixel
+    remode: str = "pixel"  # RandomErasing fill: const (the mean colour) | rand | pixel
+    cutout: int = 0  # erase a cutout x cutout pixel square instead of a random rectangle (0 = off)
     mixup: float = 0.0  # Mixup alpha (0 = off)
     cutmix: float = 0.0  # CutMix alpha (0 = off)
     mixup_prob: float = 1.0  # probability of applying Mixup/CutMix to a batch
@@ -72,6 +87,10 @@ class TrainConfig:
     run_dir: str | None = None  # default runs/<time>-<model>
     plots_dir: str | None = None  # also publish the curves here (e.g. plots/)
     release_half: bool = True  # save the release weights in float16 (half the size)
+    # tracking (budgetnet.tracking; the Markdown log training_log.md is always written)
+    tensorboard: bool = False  # TensorBoard event files in the run directory
+    # MLflow tracking URI to log to (None = off); `--mlflow` alone means MLFLOW_DEFAULT.
+    mlflow: str | None = dataclasses.field(default=None, metadata={"bare": MLFLOW_DEFAULT})
 
     @property
     def effective_lr(self) -> float:
@@ -83,10 +102,11 @@ class TrainConfig:
 
 CHOICES = {
     "opt": ("sgd", "adam", "adamw"),
-    "sched": ("cosine", "onecycle"),
+    "sched": ("cosine", "onecycle", "constant"),
     "remode": ("const", "rand", "pixel"),
     "device_data": ("auto", "on", "off"),
     "tta": (0, 1, 2),
+    "normalize": ("data", "imagenet"),
 }
 
 # Named training recipes: config overrides plus the model they were tuned for.
@@ -120,9 +140,24 @@ def _check(config: TrainConfig) -> TrainConfig:
     for key in ("epochs", "batch_size", "lr_base_size"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
-    for key in ("reprob", "hflip", "smoothing", "mixup_prob", "mixup_switch_prob"):
+    for key in (
+        "reprob",
+        "hflip",
+        "smoothing",
+        "mixup_prob",
+        "mixup_switch_prob",
+        "color_jitter_prob",
+        "grayscale_prob",
+        "affine_translate",
+    ):
         if not 0 <= getattr(config, key) <= 1:
             raise UserError(f"{key} must be in [0, 1], got {getattr(config, key)}")
+    if config.affine_degrees < 0 or not 0 <= config.affine_scale < 1:
+        raise UserError("affine_degrees must be non-negative and affine_scale in [0, 1)")
+    if not 0 <= config.cutout < IMAGE_SIZE:
+        raise UserError(f"cutout must be in [0, {IMAGE_SIZE}) pixels, got {config.cutout}")
+    if config.cutout and not config.reprob:
+        raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
         raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
     if config.warmup_epochs >= config.epochs and config.sched == "cosine":
@@ -133,7 +168,26 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
     if not 0 < config.onecycle_pct < 1:
         raise UserError(f"onecycle_pct must be in (0, 1), got {config.onecycle_pct}")
-    return config
+    return _check_color_jitter(config)
+
+
+def _check_color_jitter(config: TrainConfig) -> TrainConfig:
+    """A single number (as timm's --color-jitter takes in a config file) becomes a list."""
+    jitter = config.color_jitter
+    if jitter is None:
+        return config
+    if isinstance(jitter, int | float):
+        jitter = [jitter]
+    if (
+        not isinstance(jitter, list | tuple)
+        or len(jitter) not in (1, 3, 4)
+        or not all(isinstance(v, int | float) and v >= 0 for v in jitter)
+    ):
+        raise UserError(
+            "color_jitter takes 1, 3 or 4 non-negative strengths (brightness, contrast, "
+            f"saturation, hue), got {config.color_jitter!r}"
+        )
+    return dataclasses.replace(config, color_jitter=[float(v) for v in jitter])
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -173,6 +227,16 @@ def _flag_type(field: dataclasses.Field):
     return float if "float" in kind else str
 
 
+def _flag_count(field: dataclasses.Field) -> dict[str, Any]:
+    """argparse's nargs (and const) for a field: lists take values, a field with a `bare`
+    value in its metadata may be given without one (`--mlflow` alone)."""
+    if str(field.type).startswith("list"):
+        return {"nargs": "+"}
+    if "bare" in field.metadata:
+        return {"nargs": "?", "const": field.metadata["bare"]}
+    return {}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, named like timm's (`--warmup-epochs`, `--reprob`, ...).
     Defaults are suppressed so that only flags the user typed override the config."""
@@ -191,13 +255,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             choices = CHOICES.get(name)
+            count = _flag_count(field)
+            bare = f"; alone: {count['const']}" if "const" in count else ""
             group.add_argument(
                 flag,
                 type=kind,
                 choices=choices,
                 default=argparse.SUPPRESS,
                 metavar=None if choices else name.upper(),
-                help=f"(default {default})",
+                help=f"(default {default}{bare})",
+                **count,
             )
 
 

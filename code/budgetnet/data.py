@@ -215,7 +215,7 @@ def _scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int,
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def _decode_images(paths: list[str]) -> np.ndarray:
+def decode_images(paths: list[str]) -> np.ndarray:
     """Decode image files to uint8 RGB 32x32 (other sizes are resized bilinearly)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -235,11 +235,11 @@ def _decode_images(paths: list[str]) -> np.ndarray:
 def _decode_parallel(paths: list[str], workers: int | None = None) -> np.ndarray:
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < 2000:  # a process pool costs more than it saves here
-        return _decode_images(paths)
+        return decode_images(paths)
     chunk = -(-len(paths) // (workers * 4))
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return np.concatenate(list(pool.map(_decode_images, chunks)))
+        return np.concatenate(list(pool.map(decode_images, chunks)))
 
 
 def default_cache_dir() -> Path:
@@ -351,6 +351,15 @@ def _download(dataset: str, root: Path) -> Source:
     return found
 
 
+def _folder_matches(found: Source, dataset: str) -> bool:
+    """An image folder stands for a named dataset if it has that dataset's number of classes
+    (so $BUDGETNET_DATA pointing at CIFAR-10 folders never passes for CIFAR-100)."""
+    if found.kind != "image-folder" or not (found.path / "train").is_dir():
+        return False
+    classes = sum(entry.is_dir() for entry in os.scandir(found.path / "train"))
+    return classes == {"cifar10": 10, "cifar100": 100}[dataset]
+
+
 def resolve_source(
     source: str | Path | None = None, *, download: bool = True, data_dir: Path = DEFAULT_DATA_DIR
 ) -> Source:
@@ -374,7 +383,7 @@ def resolve_source(
     looked = [Path(p) for p in (os.environ.get(DATA_ENV), data_dir, data_dir / dataset) if p]
     for path in looked:
         found = locate(path)
-        if found is not None and found.kind in (dataset, "image-folder"):
+        if found is not None and (found.kind == dataset or _folder_matches(found, dataset)):
             return found
     where = ", ".join(str(p) for p in looked)
     if not download:

@@ -4,7 +4,8 @@ One short function and its helpers, no framework. Per step: set the learning rat
 augment the batch on the device, forward under bf16 autocast, backward, step, update the EMA.
 Per epoch: validate on the held-out split with the shared `infer()`, write history.csv, the
 best model (a release) and the resume state. At the end: the test split, once, reported
-separately, and the plots.
+separately, and the plots. A `budgetnet.tracking.Tracker` reports along the way (the Markdown
+log, TensorBoard, MLflow).
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from budgetnet import checkpoint, runs
-from budgetnet.augment import BatchAugment, make_batches, uses_device_batches
+from budgetnet.augment import BatchAugment, augmented_samples, make_batches, uses_device_batches
 from budgetnet.config import TrainConfig
-from budgetnet.data import DataSplits, load_splits
+from budgetnet.data import DataSplits, Normalization, load_splits
 from budgetnet.errors import UserError
 from budgetnet.models import ResNetSpec, build
 from budgetnet.plots import plot_history
 from budgetnet.predict import autocast, infer, resolve_device
+from budgetnet.tracking import Tracker
+
+# Top-5 accuracy is reported above this many classes: with CIFAR-10's ten, five guesses cover
+# half of the classes and the number says little.
+TOP5_ABOVE_CLASSES = 10
+CONFUSION_FILE = "confusion_matrix.png"  # of the test split, at the end
+SAMPLES_FILE = "augmentations.png"  # training images as the model gets them
 
 
 class Diverged(UserError):
@@ -100,7 +108,10 @@ def make_schedule(
       steps [warmup, total)   cosine from the peak down to min_lr at the last step
     onecycle (torch OneCycleLR): rise to the peak over the first `onecycle_pct` of the steps,
       then anneal (cosine) to peak / 1e4; momentum cycles the other way.
+    constant: the peak throughout (the recipes of projects that set no schedule).
     """
+    if config.sched == "constant":  # the optimizer was made with the peak; nothing moves it
+        return lambda step: optimizer.param_groups[0]["lr"]
     total = config.epochs * steps_per_epoch
     if config.sched == "cosine":
         from timm.scheduler import CosineLRScheduler
@@ -146,6 +157,19 @@ def make_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], tor
     return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
 
 
+def scores(probs: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    """Cross-entropy `loss`, accuracy `acc` and, above TOP5_ABOVE_CLASSES classes, `top5`."""
+    target = torch.from_numpy(labels)
+    out = {
+        "loss": F.nll_loss(probs.clamp_min(1e-12).log(), target).item(),
+        "acc": (probs.argmax(1) == target).float().mean().item(),
+    }
+    if probs.shape[1] > TOP5_ABOVE_CLASSES:
+        top5 = probs.topk(5, dim=1).indices
+        out["top5"] = (top5 == target[:, None]).any(dim=1).float().mean().item()
+    return out
+
+
 def evaluate(
     model: nn.Module,
     images: np.ndarray,
@@ -154,12 +178,24 @@ def evaluate(
     device: torch.device,
     amp: bool,
     tta: int = 0,
-) -> tuple[float, float]:
-    """(cross-entropy, accuracy) through the shared `infer()`."""
+) -> dict[str, float]:
+    """`scores` of the probabilities of the shared `infer()`."""
     probs = infer(model, images, splits.normalization, tta=tta, device=device, amp=amp)
-    target = torch.from_numpy(labels)
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), target).item()
-    return loss, (probs.argmax(1) == target).float().mean().item()
+    return scores(probs, labels)
+
+
+def normalization(config: TrainConfig, splits: DataSplits) -> Normalization:
+    """The training images' own mean/std, or ImageNet's (`--normalize imagenet`, the 224 px
+    recipes)."""
+    if config.normalize == "data":
+        return splits.normalization
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return Normalization(
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        "ImageNet mean/std, as torchvision's pretrained models use (timm IMAGENET_DEFAULT_*)",
+    )
 
 
 def train_step(
@@ -242,9 +278,11 @@ def fit(
     `resume`: a run directory to continue from its last.pt. `splits`: already loaded data
     (the budget search reuses one load for many runs)."""
     from timm.utils import ModelEmaV3
+    from torchvision.utils import save_image
     from tqdm import tqdm
 
     ddp = init_distributed(config.device)
+    tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
     device = resolve_device(config.device)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)
@@ -252,6 +290,7 @@ def fit(
     splits = splits or load_splits(
         config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
     )
+    splits = replace(splits, normalization=normalization(config, splits))
     classes = splits.train.classes
     if spec.num_classes != len(classes):
         log(f"model: num_classes set to {len(classes)} from the data")
@@ -306,125 +345,142 @@ def fit(
     if config.compile:
         trained = torch.compile(trained)
     evaluated = ema.module if ema is not None else model
-
+    parameters = sum(p.numel() for p in model.parameters())
     if ddp.main:
         log(
-            f"training {model_name(spec)} ({sum(p.numel() for p in model.parameters()):,} "
-            f"parameters) on {device} for {config.epochs} epochs: {len(splits.train)} train / "
+            f"training {model_name(spec)} ({parameters:,} parameters) on {device} for "
+            f"{config.epochs} epochs: {len(splits.train)} train / "
             f"{len(splits.val) if splits.val else 0} val images, "
             f"{'device-resident' if uses_device_batches(config) else 'worker'} batches; "
             f"run directory {run_dir}"
         )
     patience_left = config.patience
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-        progress = tqdm(
-            batches.epoch(epoch),
-            total=len(batches),
-            leave=False,
-            mininterval=1,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not ddp.main,
-        )
-        for i, (images, labels) in enumerate(progress):
-            step = epoch * len(batches) + i
-            lr = set_lr(step)
-            loss, logits = train_step(
-                trained, optimizer, augment, loss_fn, images, labels, device, config.amp
+    with tracker.run(run_dir, history, parameters, resumed=resume is not None):
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            started = time.perf_counter()
+            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+            progress = tqdm(
+                batches.epoch(epoch),
+                total=len(batches),
+                leave=False,
+                mininterval=1,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not ddp.main,
             )
-            if ema is not None:
-                ema.update(model, step=step)
-            totals += torch.stack(
-                [
-                    loss.detach().double() * len(labels),
-                    (logits.argmax(1) == labels).sum().double(),
-                    torch.tensor(float(len(labels)), device=device),
-                ]
-            )
-            if i % 20 == 0 and not math.isfinite(totals[0].item()):
-                break
-        loss_sum, correct, seen = _reduce(totals.tolist(), device, ddp.world)
-        if not math.isfinite(loss_sum):
-            raise Diverged(
-                f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept "
-                f"the last good checkpoint in {run_dir} (try a lower --lr)"
-            )
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "val_loss": None,
-            "val_acc": None,
-            "lr": lr,
-            "seconds": seconds,
-            "images_per_s": seen / seconds,
-        }
-        if splits.val is not None:
-            row["val_loss"], row["val_acc"] = evaluate(
-                evaluated, splits.val.images, splits.val.labels, splits, device, config.amp
-            )
-        history.append(row)
-        score = row["val_acc"] if row["val_acc"] is not None else epoch  # no val: keep the last
-        improved = score > best_acc + config.min_delta
-        if improved:
-            best_acc = score
-            patience_left = config.patience
-        else:
-            patience_left -= 1
-        if ddp.main:
-            log(
-                f"epoch {epoch + 1}/{config.epochs}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.4f}"
-                + (
-                    f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-                    if row["val_acc"] is not None
-                    else ""
+            for i, (images, labels) in enumerate(progress):
+                step = epoch * len(batches) + i
+                lr = set_lr(step)
+                loss, logits = train_step(
+                    trained, optimizer, augment, loss_fn, images, labels, device, config.amp
                 )
-                + f"  lr {lr:.4g}  {seconds:.1f} s  {row['images_per_s']:.0f} img/s"
-                + ("  *" if improved else "")
-            )
+                if ema is not None:
+                    ema.update(model, step=step)
+                totals += torch.stack(
+                    [
+                        loss.detach().double() * len(labels),
+                        (logits.argmax(1) == labels).sum().double(),
+                        torch.tensor(float(len(labels)), device=device),
+                    ]
+                )
+                tracker.step(step, loss, lr)
+                if i % 20 == 0 and not math.isfinite(totals[0].item()):
+                    break
+            loss_sum, correct, seen = _reduce(totals.tolist(), device, ddp.world)
+            if not math.isfinite(loss_sum):
+                raise Diverged(
+                    f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept "
+                    f"the last good checkpoint in {run_dir} (try a lower --lr)"
+                )
+            seconds = time.perf_counter() - started
+            val = {}
+            if splits.val is not None:
+                val = evaluate(
+                    evaluated, splits.val.images, splits.val.labels, splits, device, config.amp
+                )
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_acc": correct / seen,
+                "val_loss": val.get("loss"),
+                "val_acc": val.get("acc"),
+                "lr": lr,
+                "seconds": seconds,
+                "images_per_s": seen / seconds,
+            }
+            history.append(row)
+            # history.csv keeps its columns; top-5 goes to the console, the release and the
+            # trackers.
+            reported = {**row, **({"val_top5": val["top5"]} if "top5" in val else {})}
+            score = row["val_acc"] if row["val_acc"] is not None else epoch  # no val: the last
+            improved = score > best_acc + config.min_delta
             if improved:
-                checkpoint.save_release(
-                    run_dir / checkpoint.BEST_DIR,
-                    evaluated,
-                    classes,
-                    splits.normalization,
-                    {"epoch": epoch + 1, "val_acc": row["val_acc"], "val_loss": row["val_loss"]},
-                    _release_provenance(run_dir, config),
-                    half=config.release_half,
-                )
-            runs.write_history(run_dir, history)
-        state_rng = [rng_state()] if ddp.world == 1 else _gather(rng_state(), ddp.world)
-        if ddp.main:
-            checkpoint.save_state(
-                run_dir / checkpoint.LAST_FILE,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.module.state_dict() if ema is not None else None,
-                    "rng": state_rng,
-                    "epoch": epoch,
-                    "best_acc": best_acc,
-                },
-            )
-        if config.patience and patience_left <= 0:
+                best_acc = score
+                patience_left = config.patience
+            else:
+                patience_left -= 1
             if ddp.main:
-                log(
-                    f"early stop: no val accuracy gain over {config.min_delta} in "
-                    f"{config.patience} epochs"
+                log(_epoch_line(reported, config.epochs, improved))
+                if improved:
+                    checkpoint.save_release(
+                        run_dir / checkpoint.BEST_DIR,
+                        evaluated,
+                        classes,
+                        splits.normalization,
+                        {
+                            "epoch": epoch + 1,
+                            **{k: v for k, v in reported.items() if k.startswith("val_")},
+                        },
+                        _release_provenance(run_dir, config),
+                        half=config.release_half,
+                    )
+                runs.write_history(run_dir, history)
+            tracker.epoch(reported)
+            state_rng = [rng_state()] if ddp.world == 1 else _gather(rng_state(), ddp.world)
+            if ddp.main:
+                checkpoint.save_state(
+                    run_dir / checkpoint.LAST_FILE,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "ema": ema.module.state_dict() if ema is not None else None,
+                        "rng": state_rng,
+                        "epoch": epoch,
+                        "best_acc": best_acc,
+                    },
                 )
-            break
+            if config.patience and patience_left <= 0:
+                if ddp.main:
+                    log(
+                        f"early stop: no val accuracy gain over {config.min_delta} in "
+                        f"{config.patience} epochs"
+                    )
+                break
 
-    results = {}
-    if ddp.main:
-        results = _finish(run_dir, config, splits, device, history, log)
+        results = {}
+        if ddp.main:
+            results = _finish(run_dir, config, splits, device, history, log)
+            # Drawn after training: the augmentations use the global RNGs, whose state the
+            # resume checkpoint has already saved.
+            save_image(augmented_samples(batches, augment), run_dir / SAMPLES_FILE, nrow=8)
+            tracker.finish(results)
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return results
+
+
+def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    line = (
+        f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.4f}"
+    )
+    if row["val_acc"] is not None:
+        line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+    if "val_top5" in row:
+        line += f" top-5 {row['val_top5']:.4f}"
+    line += f"  lr {row['lr']:.4g}  {row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s"
+    return line + ("  *" if improved else "")
 
 
 def _gather(state: dict, world: int) -> list[dict]:
@@ -452,21 +508,31 @@ def _finish(
     log: Callable[[str], None],
 ) -> dict:
     """The test split, once, on the released weights (exactly what inference will load), with
-    and without TTA; then results.json, the release's metrics and the plots."""
+    and without TTA; then results.json, the release's metrics, the plots and the test split's
+    confusion matrix (at the configured TTA level)."""
+    from budgetnet.evaluation import confusion_matrix
+    from budgetnet.report_plots import confusion_figure
+
     release = checkpoint.load_release(run_dir, device)
     metrics = dict(release.meta["metrics"])
     if splits.test is not None:
-        for tta in sorted({0, config.tta}):
-            _, accuracy = evaluate(
+        for tta in sorted({0, config.tta}):  # the configured level last
+            probs = infer(
                 release.model,
                 splits.test.images,
-                splits.test.labels,
-                splits,
-                device,
-                config.amp,
-                tta,
+                splits.normalization,
+                tta=tta,
+                device=device,
+                amp=config.amp,
             )
-            metrics[f"test_acc_tta{tta}"] = accuracy
+            scored = scores(probs, splits.test.labels)
+            metrics[f"test_acc_tta{tta}"] = scored["acc"]
+            if "top5" in scored:
+                metrics[f"test_top5_tta{tta}"] = scored["top5"]
+        matrix = confusion_matrix(probs.numpy(), splits.test.labels)
+        confusion_figure(matrix, release.classes).savefig(
+            run_dir / CONFUSION_FILE, dpi=100, bbox_inches="tight"
+        )
     checkpoint.update_release_metrics(release.path, metrics)
     results = {
         "run_dir": str(run_dir),

@@ -6,7 +6,10 @@ went (history.csv), and where its checkpoints are. Everything a result needs to 
     runs/<name>/last.pt       resume state, rewritten atomically every epoch
     runs/<name>/best/         the best model by validation accuracy, as a release
     runs/<name>/results.json  final metrics (validation, and test reported separately)
-    runs/<name>/*.png         loss, accuracy and learning-rate curves
+    runs/<name>/*.png         loss, accuracy and learning-rate curves, the test confusion matrix,
+                              a grid of augmented training images
+    runs/<name>/training_log.md   the Markdown log (config, per-epoch table, best and final)
+    (with --tensorboard / --mlflow: event files, mlflow_run_id.txt)
 """
 
 from __future__ import annotations
@@ -37,25 +40,17 @@ HISTORY_COLUMNS = (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
 def git_revision() -> str | None:
     """The commit of this code, with "-dirty" if it has uncommitted changes; None outside git."""
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        rev = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty else "")

@@ -1,0 +1,150 @@
+"""The evaluation report's figures: confusion matrix, misclassified gallery, per-class accuracy
+and reliability diagram.
+
+Drawn with matplotlib's object API (`Figure`, no pyplot), so nothing depends on a display or
+on global state, and each PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from budgetnet.evaluation import Evaluation, Reliability
+from budgetnet.files import atomic_write
+
+GALLERY_SIZE = 36  # misclassified images shown, most confident mistakes first
+ANNOTATE_UP_TO = 20  # classes; beyond this the confusion matrix's counts would not be legible
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """Counts, coloured by the share of each true class (row), so rare classes show too."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = max(6.0, 0.5 * len(classes))
+    figure = Figure(figsize=(side + 1.5, side))
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=ax, label="share of the true class")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= ANNOTATE_UP_TO:
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(
+                col,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if shares[row, col] > 0.5 else "black",
+            )
+    ax.set_title(f"Confusion matrix ({matrix.sum()} images)")
+    return figure
+
+
+def misclassified_figure(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    count: int = GALLERY_SIZE,
+) -> Figure:
+    predicted = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    shown = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    columns = 6
+    rows = max(1, -(-len(shown) // columns))
+    figure = Figure(figsize=(2 * columns, 2.3 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, shown, strict=False):
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_title(
+            f"true {classes[labels[i]]}\npred {classes[predicted[i]]} {100 * confidence[i]:.0f}%",
+            fontsize=8,
+        )
+    figure.suptitle(
+        f"{len(wrong)} misclassified of {len(labels)}; the {len(shown)} most confident mistakes"
+        if len(wrong)
+        else "no misclassified images"
+    )
+    return figure
+
+
+def per_class_accuracy_figure(per_class: list[dict], accuracy: float) -> Figure:
+    names = [c["class"] for c in per_class]
+    recall = [100 * c["recall"] for c in per_class]
+    figure = Figure(figsize=(8, max(3.0, 0.3 * len(names))))
+    ax = figure.subplots()
+    ax.barh(np.arange(len(names)), recall, color="tab:blue")
+    ax.axvline(
+        100 * accuracy, color="tab:red", linestyle="--", label=f"overall {100 * accuracy:.2f}%"
+    )
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()  # the first class on top, as in the tables
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (recall) %")
+    ax.legend(loc="lower right")
+    ax.set_title("Accuracy per class")
+    return figure
+
+
+def reliability_figure(curve: Reliability) -> Figure:
+    """Accuracy per confidence bin against the diagonal of perfect calibration."""
+    bins = len(curve.count)
+    edges = np.linspace(0, 1, bins + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1 / bins
+    used = curve.count > 0
+    figure = Figure(figsize=(6, 6))
+    ax = figure.subplots()
+    ax.bar(centres[used], curve.accuracy[used], width, edgecolor="black", label="accuracy")
+    ax.bar(
+        centres[used],
+        curve.confidence[used] - curve.accuracy[used],
+        width,
+        bottom=curve.accuracy[used],
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left")
+    ax.set_title(f"Reliability diagram, ECE {100 * curve.ece:.2f}% ({bins} bins)")
+    return figure
+
+
+def write_plots(evaluation: Evaluation, folder: str | Path, prefix: str) -> dict[str, Path]:
+    """The four figures as `folder/<prefix>-<name>.png`; returns name -> path."""
+    report, images = evaluation.report, evaluation.images
+    main = next(r for r in report["tta"] if r["level"] == report["main_tta"])
+    figures = {
+        "confusion": confusion_figure(report["confusion_matrix"], report["classes"]),
+        "misclassified": misclassified_figure(
+            images.images, images.labels, evaluation.probs, report["classes"]
+        ),
+        "per-class-accuracy": per_class_accuracy_figure(report["per_class"], main["accuracy"]),
+        "reliability": reliability_figure(evaluation.reliability),
+    }
+    return {
+        name: _save(figure, Path(folder) / f"{prefix}-{name}.png")
+        for name, figure in figures.items()
+    }

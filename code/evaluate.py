@@ -1,0 +1,121 @@
+"""Evaluate trained models on a labeled split: accuracy per TTA level, per-class metrics, macro
+mAP, calibration, robustness to corruptions; a Markdown and a JSON report, and plots.
+
+    python code/evaluate.py --checkpoint runs/r24 --split val
+    python code/evaluate.py --split test --corruptions --corruption-images 2000
+
+`--split val` rebuilds the validation split the run held out (data, size, seed and per-class
+cap are stored in model.json); `--split test` is the data's test split. `--data` overrides
+the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from budgetnet.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
+from budgetnet.errors import UserError, run_cli
+from budgetnet.evaluation import (
+    add_model_arguments,
+    device_from_arg,
+    evaluate,
+    labeled_split,
+    load_ensemble,
+    write_json,
+    write_markdown,
+)
+from budgetnet.predict import TTA_LEVELS
+from budgetnet.report_plots import write_plots
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser, default_checkpoint="trained_model")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument(
+        "--data", default=None, help="any source budgetnet.data reads (default: the training data)"
+    )
+    parser.add_argument(
+        "--tta",
+        type=int,
+        nargs="+",
+        choices=TTA_LEVELS,
+        default=list(TTA_LEVELS),
+        help="TTA levels to report; the highest gives the per-class table, "
+        "plots and corruption sweep (default: all)",
+    )
+    parser.add_argument(
+        "--report-dir", default="reports", help="where evaluation-<split>.md and .json go"
+    )
+    parser.add_argument("--plots-dir", default="plots", help="where the <split>-*.png plots go")
+    parser.add_argument(
+        "--corruptions",
+        nargs="*",
+        metavar="NAME",
+        default=None,
+        help=f"also measure accuracy under corruptions (none named: all of "
+        f"{', '.join(CORRUPTIONS)})",
+    )
+    parser.add_argument(
+        "--severities",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEVERITIES),
+        help="corruption severities, 1 (mild) to 5",
+    )
+    parser.add_argument(
+        "--corruption-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the corruption sweep on a stratified sample of N images "
+        "(default: the whole split)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the corruptions and sample")
+    args = parser.parse_args(argv)
+    if args.corruptions is not None:
+        check_corruptions(args.corruptions, args.severities)
+        if args.corruption_images is not None and args.corruption_images < 1:
+            raise UserError(f"--corruption-images must be positive, got {args.corruption_images}")
+
+    device = device_from_arg(args.device)
+    ensemble = load_ensemble(args.checkpoint, device)
+    images = labeled_split(ensemble, args.split, args.data)
+    print(f"evaluating {ensemble.describe()} on {len(images)} images: {images.source}")
+    result = evaluate(
+        ensemble,
+        images,
+        split=args.split,
+        tta_levels=args.tta,
+        batch_size=args.batch_size,
+        device=device,
+        amp=not args.fp32,
+        corruptions=args.corruptions,
+        severities=args.severities,
+        corruption_images=args.corruption_images,
+        seed=args.seed,
+    )
+    plots = write_plots(result, args.plots_dir, args.split)
+    report_dir = Path(args.report_dir)
+    json_path = write_json(report_dir / f"evaluation-{args.split}.json", result.report)
+    md_path = write_markdown(report_dir / f"evaluation-{args.split}.md", result.report, plots)
+
+    for row in result.report["tta"]:
+        print(
+            f"TTA {row['level']}: accuracy {100 * row['accuracy']:.2f}%, macro mAP "
+            f"{100 * row['macro_map']:.2f}%, ECE {100 * row['ece']:.2f}% "
+            f"({row['images_per_second']:.0f} images/s)"
+        )
+    if "corruptions" in result.report:
+        sweep = result.report["corruptions"]
+        print(
+            f"corruptions: mean accuracy {100 * sweep['mean_accuracy']:.2f}% "
+            f"(clean {100 * sweep['clean_accuracy']:.2f}%) on {sweep['images']} images"
+        )
+    print(f"wrote {md_path}, {json_path} and {len(plots)} plots in {args.plots_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

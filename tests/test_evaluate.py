@@ -1,0 +1,196 @@
+"""Metrics, the evaluation report and its plots, checked against models whose predictions are
+known and against scikit-learn computed independently."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from budgetnet.checkpoint import save_release
+from budgetnet.data import Normalization, load_splits
+from budgetnet.errors import UserError
+from budgetnet.evaluation import (
+    ECE_BINS,
+    evaluate,
+    labeled_split,
+    load_ensemble,
+    per_class_metrics,
+    reliability,
+    summary_metrics,
+)
+from budgetnet.models import ResNetSpec, build
+from budgetnet.predict import infer
+
+from cifar_files import CIFAR10_CLASSES, write_cifar10
+
+TINY = ResNetSpec((1, 1), (8, 16))
+NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+FAVOURITE = 3  # the class the constant model always predicts
+# Its logits: 2 for the favourite, 0 elsewhere (exact in bf16), so every image gets this top
+# probability whatever the precision.
+CONFIDENCE = math.exp(2) / (math.exp(2) + len(CIFAR10_CLASSES) - 1)
+
+
+def save_constant_release(folder, provenance=None, classes=CIFAR10_CLASSES):
+    """A network that ignores its input: zero convolutions make every feature 0, so the
+    logits are the classifier's bias and it predicts FAVOURITE with CONFIDENCE."""
+    model = build(TINY)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.zero_()
+        model.head.fc.bias.zero_()
+        model.head.fc.bias[FAVOURITE] = 2.0
+    return save_release(folder, model, classes, NORM, {}, provenance or {})
+
+
+def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY, provenance=None):
+    torch.manual_seed(seed)
+    model = build(spec)
+    with torch.no_grad():  # BatchNorm statistics that differ from the identity's
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return save_release(folder, model, classes, NORM, {}, provenance or {})
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar")
+    write_cifar10(folder, per_batch=20, test_count=30)  # 100 train, 30 test (3 per class)
+    return folder
+
+
+def test_ece_and_reliability_by_hand():
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.03, 0.02],  # right, confidence 0.9
+            [0.9, 0.05, 0.03, 0.02],  # wrong, 0.9
+            [0.2, 0.65, 0.1, 0.05],  # right, 0.65
+            [0.35, 0.25, 0.2, 0.2],
+        ],
+        np.float32,
+    )  # right, 0.35
+    labels = np.array([0, 1, 1, 0])
+    curve = reliability(probs, labels)
+    assert len(curve.count) == ECE_BINS and curve.count.sum() == 4
+    # (lo, hi] bins of width 1/15: 0.9 in bin 13, 0.65 in bin 9, 0.35 in bin 5
+    assert curve.count[13] == 2 and curve.count[9] == 1 and curve.count[5] == 1
+    assert curve.accuracy[13] == 0.5 and curve.confidence[13] == pytest.approx(0.9)
+    expected = 2 / 4 * abs(0.5 - 0.9) + 1 / 4 * abs(1 - 0.65) + 1 / 4 * abs(1 - 0.35)
+    assert curve.ece == pytest.approx(expected)
+
+
+def test_summary_and_per_class_metrics_agree_with_sklearn():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=200).astype(np.float32)
+    labels = rng.integers(0, 4, 200)  # class 4 never occurs
+    metrics = summary_metrics(probs, labels)
+    assert metrics["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+    present = [average_precision_score(labels == c, probs[:, c]) for c in range(4)]
+    assert metrics["macro_map"] == pytest.approx(np.mean(present))
+    rows = per_class_metrics(probs, labels, list("abcde"))
+    assert [r["support"] for r in rows] == np.bincount(labels, minlength=5).tolist()
+    assert rows[4]["average_precision"] is None and rows[4]["recall"] == 0
+    predicted = probs.argmax(1)
+    for c, row in enumerate(rows[:4]):
+        assert row["recall"] == pytest.approx((predicted[labels == c] == c).mean())
+        assert row["precision"] == pytest.approx((labels[predicted == c] == c).mean())
+        assert row["average_precision"] == pytest.approx(present[c])
+
+
+def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
+    """A model with arbitrary predictions: the report holds what infer() and scikit-learn give."""
+    ensemble = load_ensemble([save_random_release(tmp_path / "r", seed=1)], torch.device("cpu"))
+    images = labeled_split(ensemble, "test", str(cifar))
+    result = evaluate(
+        ensemble, images, split="test", tta_levels=[0, 2], batch_size=7, device=torch.device("cpu")
+    )
+    for row in result.report["tta"]:
+        probs = infer(ensemble.releases[0].model, images.images, NORM, tta=row["level"]).numpy()
+        assert row["accuracy"] == pytest.approx((probs.argmax(1) == images.labels).mean())
+        assert row["ece"] == pytest.approx(reliability(probs, images.labels).ece)
+    assert result.report["main_tta"] == 2 and result.report["tta"][1]["views"] == 6
+    np.testing.assert_allclose(result.probs, probs)
+    matrix = np.array(result.report["confusion_matrix"])
+    assert matrix.sum() == 30 and np.trace(matrix) == (probs.argmax(1) == images.labels).sum()
+
+
+@pytest.mark.slow
+def test_evaluate_cli_with_known_predictions(cifar, tmp_path, run_script):
+    release = save_constant_release(tmp_path / "constant")
+    outputs = ["--report-dir", tmp_path / "reports", "--plots-dir", tmp_path / "plots"]
+    sweep = ["--corruptions", "gaussian_noise", "fog", "--severities", 1, 5]
+    args = ["--checkpoint", release, "--data", cifar, "--tta", 0, 1, *outputs, *sweep]
+    result = run_script("code/evaluate.py", *map(str, args))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "reports" / "evaluation-test.json").read_text())
+    share = 3 / 30  # the test split holds 3 images of the favourite class
+    for row in report["tta"]:
+        assert row["accuracy"] == pytest.approx(share)
+        assert row["ece"] == pytest.approx(CONFIDENCE - share, abs=1e-5)
+        # Constant scores tie every image: each class's AP is its share of the images.
+        assert row["macro_map"] == pytest.approx(share)
+    recall = [c["recall"] for c in report["per_class"]]
+    assert recall == [float(c == FAVOURITE) for c in range(10)]
+    assert report["per_class"][FAVOURITE]["precision"] == pytest.approx(share)
+    assert all(c["support"] == 3 for c in report["per_class"])
+    matrix = np.array(report["confusion_matrix"])
+    assert (matrix[:, FAVOURITE] == 3).all() and matrix.sum() == 30
+    sweep = report["corruptions"]
+    assert sweep["accuracy"] == {
+        name: {"1": share, "5": share} for name in ("gaussian_noise", "fog")
+    }
+    assert sweep["clean_accuracy"] == pytest.approx(share) and sweep["images"] == 30
+
+    markdown = (tmp_path / "reports" / "evaluation-test.md").read_text()
+    rows = " ".join(markdown.split())  # the tables' cells, without their padding
+    assert "| 0 | 1 | 10.00 | 10.00 |" in rows and "| fog | 10.00 | 10.00 | 10.00 |" in rows
+    for name in ("confusion", "misclassified", "per-class-accuracy", "reliability"):
+        png = tmp_path / "plots" / f"test-{name}.png"
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert f"](../plots/test-{name}.png)" in markdown
+    assert "TTA 1: accuracy 10.00%" in result.stdout
+
+
+def test_val_split_is_the_one_training_held_out(cifar, tmp_path):
+    notes = load_splits(cifar, val_size=20, seed=4, cache_dir=False).notes
+    release = save_constant_release(tmp_path / "r", provenance={"data": notes})
+    ensemble = load_ensemble([release], torch.device("cpu"))
+    images = labeled_split(ensemble, "val")
+    expected = load_splits(cifar, val_size=20, seed=4, cache_dir=False).val
+    np.testing.assert_array_equal(images.images, expected.images)
+    assert "validation split of 20 (seed 4)" in images.source
+
+
+def test_refusals(cifar, tmp_path):
+    bare = load_ensemble([save_constant_release(tmp_path / "bare")], torch.device("cpu"))
+    with pytest.raises(UserError, match="does not record how its validation split"):
+        labeled_split(bare, "val", str(cifar))
+    other = save_constant_release(tmp_path / "other", classes=[f"c{i}" for i in range(10)])
+    with pytest.raises(UserError, match="differ from the model's"):
+        labeled_split(load_ensemble([other], torch.device("cpu")), "test", str(cifar))
+    with pytest.raises(UserError, match="models averaged together must label the same classes"):
+        load_ensemble([tmp_path / "bare", other], torch.device("cpu"))
+    seeds = [
+        {"data": {"source": str(cifar), "val_size": 20, "seed": s, "max_per_class": None}}
+        for s in (1, 2)
+    ]
+    pair = [save_constant_release(tmp_path / f"s{i}", provenance=p) for i, p in enumerate(seeds)]
+    with pytest.raises(UserError, match="held out different validation splits"):
+        labeled_split(load_ensemble(pair, torch.device("cpu")), "val")
+
+
+def test_evaluate_cli_refuses_unknown_corruptions_in_one_line(tmp_path, run_script):
+    result = run_script("code/evaluate.py", "--checkpoint", str(tmp_path), "--corruptions", "snow")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown corruption 'snow'; known: gaussian_noise, gaussian_blur, contrast, "
+        "brightness, pixelate, jpeg, fog, saturate"
+    ]
