@@ -50,7 +50,9 @@ def main() -> None:
                 *args.extra,
             ]
             started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"seed {seed} failed:\n{done.stderr[-3000:]}")
             wall = time.perf_counter() - started
             results = json.loads((run / "results.json").read_text())
             tta = max(
