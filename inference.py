@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         write_probs(probs_path, probs, test.ids, ensemble.classes)
 
     counts = np.bincount(labels, minlength=len(ensemble.classes))
+    views = view_count(args.tta)
+    precision = "fp32" if args.fp32 else "bf16 autocast"
     print(
         f"labelled {len(test)} images of {args.pkl} in {seconds:.1f} s "
         f"({len(test) / seconds:.0f} images/s) with {ensemble.describe()}: TTA {args.tta} "
-        f"({view_count(args.tta)} views), {'fp32' if args.fp32 else 'bf16 autocast'} on "
-        f"{device}"
+        f"({views} view{'s' if views > 1 else ''}), {precision} on {device}"
     )
     print(
         f"wrote {out}: {len(labels)} rows, checked against the pickle's ids"

@@ -191,6 +191,14 @@ def test_bad_checkpoints_are_refused_and_write_nothing(case, pickle_file, releas
     assert not out.parent.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unusable_devices_are_refused(pickle_file, releases, tmp_path):
+    for device, message in (("cuda", "this machine has no CUDA device"), ("tpu", "--device tpu")):
+        with pytest.raises(UserError, match=message):
+            run_inference(pickle_file[0], tmp_path / "s.csv", releases[:1], "--device", device)
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_bad_pickle_is_refused_before_the_model_loads(tmp_path):
     pkl = tmp_path / "bad.pkl"
     write_unlabeled_pickle(pkl, random_images(3), np.arange(3))

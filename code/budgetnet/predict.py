@@ -79,7 +79,7 @@ def infer(
     normalization: Normalization,
     *,
     tta: int = 0,
-    batch_size: int = 500,
+    batch_size: int = 128,
     device: torch.device | None = None,
     amp: bool = True,
 ) -> torch.Tensor:

@@ -91,15 +91,12 @@ def per_class_accuracy_figure(per_class: list[dict], accuracy: float) -> Figure:
     figure = Figure(figsize=(8, max(3.0, 0.3 * len(names))))
     ax = figure.subplots()
     ax.barh(np.arange(len(names)), recall, color="tab:blue")
-    ax.axvline(
-        100 * accuracy, color="tab:red", linestyle="--", label=f"overall {100 * accuracy:.2f}%"
-    )
+    ax.axvline(100 * accuracy, color="tab:red", linestyle="--")
     ax.set_yticks(np.arange(len(names)), names)
     ax.invert_yaxis()  # the first class on top, as in the tables
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (recall) %")
-    ax.legend(loc="lower right")
-    ax.set_title("Accuracy per class")
+    ax.set_title(f"Accuracy per class (dashed: overall, {100 * accuracy:.2f}%)")
     return figure
 
 
