@@ -290,6 +290,20 @@ def test_ema_follows_the_weights():
     assert ema.module.weight.item() == pytest.approx(0.19)
 
 
+def tiny_config(cifar, tmp_path, **overrides) -> TrainConfig:
+    """A TrainConfig for in-process runs on the tiny data set, on the CPU."""
+    settings = dict(
+        data=str(cifar),
+        batch_size=32,
+        val_size=40,
+        aa=None,
+        reprob=0,
+        run_dir=str(tmp_path / "run"),
+        device="cpu",
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypatch):
     real_loss = engine.make_loss
     calls = {"n": 0}
@@ -305,17 +319,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypa
         return loss
 
     monkeypatch.setattr(engine, "make_loss", poisoned)
-    config = TrainConfig(
-        data=str(cifar),
-        epochs=3,
-        batch_size=32,
-        val_size=40,
-        aa=None,
-        reprob=0,
-        warmup_epochs=0.5,
-        run_dir=str(tmp_path / "run"),
-        device="cpu",
-    )
+    config = tiny_config(cifar, tmp_path, epochs=3, warmup_epochs=0.5)
     with pytest.raises(engine.Diverged, match="the loss became nan in epoch 2; .*kept"):
         engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
@@ -324,19 +328,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypa
 
 
 def test_early_stopping(cifar, tmp_path):
-    config = TrainConfig(
-        data=str(cifar),
-        epochs=20,
-        batch_size=32,
-        val_size=40,
-        aa=None,
-        reprob=0,
-        warmup_epochs=0,
-        run_dir=str(tmp_path / "run"),
-        device="cpu",
-        patience=1,
-        min_delta=1.0,
-    )  # no epoch can gain a whole 100%
+    # No epoch can gain a whole 100%.
+    config = tiny_config(cifar, tmp_path, epochs=20, warmup_epochs=0, patience=1, min_delta=1.0)
     results = engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
     assert results["epochs_run"] == 2
 
