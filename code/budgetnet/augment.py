@@ -41,7 +41,10 @@ def epoch_order(
     return order.view(-1, world, batch_size // world)[:, rank].reshape(-1)
 
 
-class DeviceBatches:
+class _Batches:
+    """What both batch sources share: where they run, and this process's slice of the
+    per-epoch order."""
+
     def __init__(
         self,
         images: np.ndarray,
@@ -51,19 +54,27 @@ class DeviceBatches:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        self.images = as_uint8_nchw(images).to(device)
-        self.labels = torch.from_numpy(labels).to(device)
+        self.count = len(labels)
         self.config, self.device, self.rank, self.world = config, device, rank, world
         self.per_process = config.batch_size // world
 
     def __len__(self) -> int:
-        return len(self.labels) // self.config.batch_size
+        return self.count // self.config.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        cfg = self.config
+        return epoch_order(cfg.seed, epoch, self.count, cfg.batch_size, self.rank, self.world)
+
+
+class DeviceBatches(_Batches):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *args, **kwargs) -> None:
+        super().__init__(images, labels, *args, **kwargs)
+        self.images = as_uint8_nchw(images).to(self.device)
+        self.labels = torch.from_numpy(labels).to(self.device)
 
     def epoch(self, epoch: int):
         cfg = self.config
-        order = epoch_order(
-            cfg.seed, epoch, len(self.labels), cfg.batch_size, self.rank, self.world
-        ).to(self.device)
+        order = self.order(epoch).to(self.device)
         gen = epoch_generator(cfg.seed, epoch, self.rank + 1)
         pad = cfg.crop_padding
         for start in range(0, len(order), self.per_process):
@@ -148,32 +159,19 @@ class _PILImages(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-class WorkerBatches:
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        config: TrainConfig,
-        device: torch.device,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        self.dataset = _PILImages(images, labels, pil_transform(config, images.shape[1]))
-        self.config, self.device, self.rank, self.world = config, device, rank, world
-
-    def __len__(self) -> int:
-        return len(self.dataset) // self.config.batch_size
+class WorkerBatches(_Batches):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *args, **kwargs) -> None:
+        super().__init__(images, labels, *args, **kwargs)
+        self.dataset = _PILImages(images, labels, pil_transform(self.config, images.shape[1]))
 
     def epoch(self, epoch: int):
         cfg = self.config
-        order = epoch_order(
-            cfg.seed, epoch, len(self.dataset), cfg.batch_size, self.rank, self.world
-        ).tolist()
+        order = self.order(epoch).tolist()
         # Workers seed Python, NumPy and torch from this generator: augmentations are a function
         # of (seed, epoch, rank) too.
         loader = DataLoader(
             self.dataset,
-            batch_size=cfg.batch_size // self.world,
+            batch_size=self.per_process,
             sampler=order,
             num_workers=cfg.workers,
             generator=epoch_generator(cfg.seed, epoch, self.rank + 1),
