@@ -19,7 +19,7 @@ from budgetnet.complexity import (
     receptive_field,
 )
 from budgetnet.errors import UserError, run_cli
-from budgetnet.models import BLOCK_TYPES, PRESETS, ResNetSpec, build, get_preset
+from budgetnet.models import BLOCK_TYPES, PRESETS, STEMS, ResNetSpec, build, get_preset
 
 
 def random_spec(rng: random.Random) -> ResNetSpec:
@@ -30,13 +30,18 @@ def random_spec(rng: random.Random) -> ResNetSpec:
     channels = [rng.randint(1, 12) for _ in range(stages)]
     if shortcut == "identity":  # an identity shortcut can only add channels
         channels.sort()
+    stem = rng.choice(STEMS)
     spec = ResNetSpec(
         blocks=[rng.randint(0 if block == "res9" else 1, 2) for _ in range(stages)],
         channels=channels,
         kernel=rng.choice([1, 3, 5]),
         block=block,
-        stem=rng.choice(["cifar", "imagenet"]),
-        stem_channels=rng.choice([None, rng.randint(1, 12)]) if shortcut == "projection" else None,
+        stem=stem,
+        stem_channels=(
+            rng.choice([None, rng.randint(1, 12)])
+            if shortcut == "projection" and stem != "whiten"
+            else None
+        ),
         shortcut=shortcut,
         strides=rng.choice([None, [rng.randint(1, 2) for _ in range(stages)]]),
         expansion=rng.randint(1, 4),
@@ -45,6 +50,9 @@ def random_spec(rng: random.Random) -> ResNetSpec:
         pool_type=rng.choice(["avg", "max"]),
         num_classes=rng.randint(1, 12),
         input_size=rng.choice([16, 24, 32]),
+        bn_momentum=rng.choice([0.1, 0.4]),
+        head_bias=rng.choice([True, False]),
+        logit_scale=rng.choice([1.0, 1 / 9]),
     )
     # The head pool must divide the final map: pick one of its divisors, or global.
     final = spec.plan.stages[-1][-1].out_size
@@ -65,7 +73,8 @@ def test_random_specs_cover_every_option():
     specs = random_specs(300, seed=0)
     for field, values in [
         ("block", BLOCK_TYPES),
-        ("stem", ("cifar", "imagenet")),
+        ("stem", STEMS),
+        ("head_bias", (True, False)),
         ("shortcut", ("projection", "identity")),
         ("pool_type", ("avg", "max")),
     ]:

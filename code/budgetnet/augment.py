@@ -3,15 +3,16 @@ the training device; normalisation, RandomErasing and Mixup/CutMix then run on t
 `BatchAugment`, whichever way the images came.
 
 - `DeviceBatches` (as airbench does): the whole uint8 data set lives on the device; random
-  crop and flip are done on whole batches there. No workers, no PIL. Used whenever no per-image
-  PIL augmentation is asked for.
+  crop (zero or reflect padding) and flip are done on whole batches there. No workers, no PIL.
+  Used whenever no per-image PIL augmentation is asked for.
 - `WorkerBatches`: a DataLoader with worker processes running per-image PIL transforms
   (random crop, flip, RandomAffine, ColorJitter, RandomGrayscale, timm's RandAugment), for
   recipes that need them.
 
 The order of images each epoch comes from `epoch_order(seed, epoch, ...)`, a pure function, so a
 resumed run sees exactly the batches an uninterrupted one would, and every process of a
-distributed run takes its own slice of the same order.
+distributed run takes its own slice of the same order. The alternating flip (`altflip_mask`) is
+a pure function of (seed, epoch, image index) too, and is applied to the batch by both sources.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from budgetnet.predict import as_uint8_nchw, normalize
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+
+
+def altflip_mask(seed: int, epoch: int, index: torch.Tensor, count: int) -> torch.Tensor:
+    """Whether images `index` (of `count`) are mirrored in `epoch` under the alternating flip:
+    a fixed random half (drawn once from the seed) in even epochs, the other half in odd ones."""
+    base = torch.rand(count, generator=torch.Generator().manual_seed(seed + 0x5EED)) < 0.5
+    return base[index.cpu()] ^ bool(epoch % 2)
 
 
 def epoch_order(
@@ -65,6 +73,13 @@ class _Batches:
         cfg = self.config
         return epoch_order(cfg.seed, epoch, self.count, cfg.batch_size, self.rank, self.world)
 
+    def altflip(self, x: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        """The batch of images `index` with the alternating flip applied (if it is on)."""
+        if not self.config.altflip:
+            return x
+        flip = altflip_mask(self.config.seed, epoch, index, self.count).to(x.device)
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
 
 class DeviceBatches(_Batches):
     def __init__(self, images: np.ndarray, labels: np.ndarray, *args, **kwargs) -> None:
@@ -81,18 +96,23 @@ class DeviceBatches(_Batches):
             index = order[start : start + self.per_process]
             x = self.images[index]
             if pad:
-                x = random_crop(x, pad, gen)
-            if cfg.hflip:
+                x = random_crop(x, pad, gen, cfg.padding_mode)
+            if cfg.altflip:
+                x = self.altflip(x, epoch, index)
+            elif cfg.hflip:
                 flip = (torch.rand(len(x), generator=gen) < cfg.hflip).to(self.device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             yield x, self.labels[index]
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """torchvision's RandomCrop(size, padding=pad) for a whole batch: zero-pad, then cut each
-    image at its own random offset."""
+def random_crop(
+    x: torch.Tensor, pad: int, gen: torch.Generator, padding_mode: str = "constant"
+) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding=pad, padding_mode=...) for a whole batch: pad
+    (zeros or a reflection), then cut each image at its own random offset."""
     n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    mode = "reflect" if padding_mode == "reflect" else "constant"
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode=mode)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -140,8 +160,12 @@ def pil_transform(config: TrainConfig, image_size: int):
 
     steps = []
     if config.crop_padding:
-        steps.append(transforms.RandomCrop(image_size, padding=config.crop_padding))
-    if config.hflip:
+        steps.append(
+            transforms.RandomCrop(
+                image_size, padding=config.crop_padding, padding_mode=config.padding_mode
+            )
+        )
+    if config.hflip and not config.altflip:  # the alternating flip is applied to the batch
         steps.append(transforms.RandomHorizontalFlip(config.hflip))
     steps += per_image_augmentations(config, image_size)
     steps.append(transforms.PILToTensor())
@@ -178,8 +202,10 @@ class WorkerBatches(_Batches):
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for start, (x, y) in zip(range(0, len(order), self.per_process), loader, strict=True):
+            x = x.to(self.device, non_blocking=True)
+            index = torch.tensor(order[start : start + self.per_process])
+            yield self.altflip(x, epoch, index), y.to(self.device, non_blocking=True)
 
 
 def uses_device_batches(config: TrainConfig) -> bool:

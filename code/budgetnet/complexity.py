@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 from budgetnet.models import Block, Layer, ResNetSpec
 
-_SILENT_OPS = ("relu", "dropout", "flatten")  # no parameters, no FLOPs, same numbers out
+# No parameters, no FLOPs, same numbers out.
+_SILENT_OPS = ("relu", "gelu", "dropout", "flatten", "scale")
 
 
 class FlopCount(NamedTuple):
@@ -34,12 +35,14 @@ class LayerRow(NamedTuple):
 
 
 def layer_params(layer: Layer) -> int:
-    if layer.op == "conv":  # no bias: the BN next to it has one
-        return layer.in_channels * layer.out_channels * layer.kernel**2
-    if layer.op == "bn":  # weight and bias; the running statistics are buffers
+    """Every parameter, frozen ones included (the whitening filters, the fixed BN scales):
+    a budget counts `model.parameters()`, whatever trains."""
+    if layer.op == "conv":
+        return (layer.in_channels * layer.kernel**2 + layer.bias) * layer.out_channels
+    if layer.op in ("bn", "bn_shift"):  # weight and bias; the running statistics are buffers
         return 2 * layer.out_channels
     if layer.op == "linear":
-        return (layer.in_channels + 1) * layer.out_channels
+        return (layer.in_channels + layer.bias) * layer.out_channels
     return 0
 
 

@@ -37,19 +37,38 @@ class TrainConfig:
     # schedule
     epochs: int = 200
     batch_size: int = 128  # images per optimizer step, over all processes
-    opt: str = "sgd"  # sgd | adam | adamw
+    opt: str = "sgd"  # sgd | adam | adamw | muon (Muon for conv filters, SGD for the rest)
     lr: float = 0.1  # peak learning rate per `lr_base_size` images in a batch (linear scaling)
     lr_base_size: int = 128
     momentum: float = 0.9  # SGD momentum (Adam: beta1)
     nesterov: bool = False
-    weight_decay: float = 5e-4  # not applied to BatchNorm weights and biases
-    sched: str = "cosine"  # cosine (linear warmup, then cosine) | onecycle | constant
-    warmup_epochs: float = 5.0  # cosine: linear warmup from 0 over this many epochs
+    weight_decay: float = 5e-4  # not applied to BatchNorm weights and biases (see bias_decay)
+    # airbench's decoupled units: lr per lr_base_size images with the step size independent of
+    # the momentum (the optimizer gets lr * batch / lr_base_size / (1 + 1 / (1 - momentum))),
+    # and weight_decay independent of lr (the optimizer gets weight_decay / lr), so that each
+    # step shrinks the weights by weight_decay * batch / lr_base_size / (1 + 1 / (1 - momentum))
+    # at the peak
+    decoupled: bool = False
+    bias_lr_scale: float = 1.0  # lr multiplier of BatchNorm biases (their decay per step kept)
+    bias_decay: bool = False  # weight decay on BatchNorm weights and biases too (airbench)
+    muon_lr: float = 0.24  # opt muon: the filters' step size (per step; updates are orthogonal)
+    muon_momentum: float = 0.6  # opt muon: the filters' Nesterov momentum
+    # cosine (linear warmup, then cosine) | onecycle | constant | linear (piecewise linear:
+    # lr_start_factor x peak at step 0, the peak at warmup_epochs, lr_end_factor x peak at the end)
+    sched: str = "cosine"
+    warmup_epochs: float = 5.0  # cosine: linear warmup from 0; linear: where the peak is
     min_lr: float = 0.0  # cosine: learning rate at the last step, absolute
+    lr_start_factor: float = 0.2  # linear: the first step's lr, as a fraction of the peak
+    lr_end_factor: float = 0.07  # linear: the last step's lr, as a fraction of the peak
     onecycle_pct: float = 5 / 24  # onecycle: fraction of steps rising to the peak (epoch 5 of 24)
     # augmentation
-    crop_padding: int = 4  # random crop after zero-padding by this many pixels (0 = off)
+    crop_padding: int = 4  # random crop after padding by this many pixels (0 = off)
+    padding_mode: str = "constant"  # the crop's padding: constant (zeros) | reflect
     hflip: float = 0.5  # probability of a horizontal flip
+    # alternating flip (airbench): each image is mirrored or not at random once, and every
+    # other epoch the whole set is mirrored, so each image is seen both ways in turn (hflip is
+    # then unused)
+    altflip: bool = False
     aa: str | None = "rand-m9-n2-mstd0.5"  # timm RandAugment policy (None = off)
     color_jitter: list[float] | None = None  # torchvision ColorJitter strengths: one value for
     #                            brightness, contrast and saturation (as timm's --color-jitter),
@@ -70,9 +89,16 @@ class TrainConfig:
     # weights
     ema: bool = False  # keep an exponential moving average of the weights; it is evaluated
     ema_decay: float = 0.9998  # per optimizer step (timm ModelEmaV3, with warmup)
+    # Lookahead-style averaging (airbench): every this many steps a slow copy of the weights
+    # moves toward them and the network is reset to it (0 = off); budgetnet.lookahead
+    lookahead: int = 0
+    lookahead_decay: float = 0.95**5  # the slow copy's decay at the last step (ramps up as t^3)
+    whiten_bias_epochs: float = 3.0  # a whitening stem's bias trains for this many epochs only
     # speed
-    amp: bool = True  # bf16 autocast on CUDA and CPU
+    amp: bool = True  # bf16 autocast where the device computes bf16 natively (else float32)
     channels_last: bool = True
+    threads: int = 0  # CPU threads (0 = every core this process may use)
+    mallopt: bool = True  # CPU: keep freed memory for reuse (budgetnet.runtime.tune_allocator)
     compile: bool = False  # torch.compile the model
     device_data: str = "auto"  # keep uint8 data on the device and augment batches there:
     #                            auto (when no per-image PIL augmentation is asked) | on | off
@@ -94,15 +120,23 @@ class TrainConfig:
 
     @property
     def effective_lr(self) -> float:
-        return self.lr * self.batch_size / self.lr_base_size
+        """The optimizer's peak learning rate (torch's units, for the mean loss of a batch)."""
+        lr = self.lr * self.batch_size / self.lr_base_size
+        return lr / (1 + 1 / (1 - self.momentum)) if self.decoupled else lr
+
+    @property
+    def effective_weight_decay(self) -> float:
+        """The optimizer's weight_decay (torch's units: added to the gradient, times the lr)."""
+        return self.weight_decay / self.lr if self.decoupled else self.weight_decay
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 CHOICES = {
-    "opt": ("sgd", "adam", "adamw"),
-    "sched": ("cosine", "onecycle", "constant"),
+    "opt": ("sgd", "adam", "adamw", "muon"),
+    "sched": ("cosine", "onecycle", "constant", "linear"),
+    "padding_mode": ("constant", "reflect"),
     "remode": ("const", "rand", "pixel"),
     "device_data": ("auto", "on", "off"),
     "tta": (0, 1, 2),
@@ -127,6 +161,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4,
         "val_size": 2000,
         "tta": 1,
+    },
+    # airbench94's recipe on its network made a ResNet (fastres_s), run by the same engine:
+    # decoupled Nesterov SGD, BN biases at 64x the lr, label smoothing 0.2, a triangular
+    # schedule, Lookahead every 5 steps, alternating flip and 2 px reflect-padded translations,
+    # whitening stem, TTA level 2.
+    "fast": {
+        "model": {"preset": "fastres_s"},
+        "epochs": 10,
+        "batch_size": 1024,
+        "opt": "sgd",
+        "nesterov": True,
+        "momentum": 0.85,
+        "decoupled": True,
+        "lr": 11.5,
+        "lr_base_size": 1024,
+        "weight_decay": 0.0153,
+        "bias_lr_scale": 64.0,
+        "bias_decay": True,
+        "sched": "linear",
+        "warmup_epochs": 2.3,
+        "lr_start_factor": 0.2,
+        "lr_end_factor": 0.07,
+        "smoothing": 0.2,
+        "lookahead": 5,
+        "crop_padding": 2,
+        "padding_mode": "reflect",
+        "altflip": True,
+        "aa": None,
+        "reprob": 0.0,
+        "whiten_bias_epochs": 3.0,
+        "tta": 2,
     },
 }
 
@@ -164,11 +229,39 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError(
             f"warmup_epochs ({config.warmup_epochs}) must be less than epochs ({config.epochs})"
         )
+    _check_fast_track(config)
     if (config.mixup or config.cutmix) and config.batch_size % 2:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
     if not 0 < config.onecycle_pct < 1:
         raise UserError(f"onecycle_pct must be in (0, 1), got {config.onecycle_pct}")
     return _check_color_jitter(config)
+
+
+def _check_fast_track(config: TrainConfig) -> None:
+    """The settings of the fast-track recipe: decoupled units, schedule, Muon, lookahead."""
+    if config.decoupled and (config.opt not in ("sgd", "muon") or not 0 <= config.momentum < 1):
+        raise UserError(
+            f"decoupled units are for SGD (or Muon's SGD part) with a momentum in [0, 1), got "
+            f"opt {config.opt}, momentum {config.momentum}"
+        )
+    if config.sched == "linear" and config.warmup_epochs > config.epochs:
+        raise UserError(
+            f"the linear schedule's peak (warmup_epochs {config.warmup_epochs}) must lie within "
+            f"the {config.epochs} epochs"
+        )
+    for key in ("lr_start_factor", "lr_end_factor", "whiten_bias_epochs", "muon_lr"):
+        if not getattr(config, key) >= 0:
+            raise UserError(f"{key} must be non-negative, got {getattr(config, key)}")
+    if not config.bias_lr_scale > 0:
+        raise UserError(f"bias_lr_scale must be positive, got {config.bias_lr_scale}")
+    if not 0 <= config.muon_momentum < 1 or not 0 <= config.lookahead_decay < 1:
+        raise UserError("muon_momentum and lookahead_decay must be in [0, 1)")
+    if config.opt == "muon" and config.sched == "onecycle":
+        raise UserError(
+            "opt muon pairs two optimizers, which onecycle cannot drive: use another sched"
+        )
+    if config.lookahead < 0 or config.threads < 0:
+        raise UserError("lookahead (steps) and threads must be non-negative")
 
 
 def _check_color_jitter(config: TrainConfig) -> TrainConfig:

@@ -14,8 +14,9 @@ import torch
 from budgetnet.augment import BatchAugment, make_batches
 from budgetnet.config import TrainConfig
 from budgetnet.data import DataSplits
-from budgetnet.engine import make_loss, make_optimizer, seed_everything, train_step
+from budgetnet.engine import make_loss, seed_everything, train_step
 from budgetnet.models import ResNetSpec, build
+from budgetnet.optim import make_optimizer
 from budgetnet.predict import resolve_device
 
 

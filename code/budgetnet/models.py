@@ -22,8 +22,12 @@ from torch import nn
 
 from budgetnet.errors import UserError
 
-BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9")
-STEMS = ("cifar", "imagenet")
+BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9", "fast")
+STEMS = ("cifar", "imagenet", "whiten")
+# The whitening stem: a frozen 2x2 patch convolution with a +- pair of filters per eigenvector of
+# the 2x2x3 training patches' covariance (set by budgetnet.whitening), then GELU.
+WHITEN_KERNEL = 2
+WHITEN_CHANNELS = 2 * 3 * WHITEN_KERNEL**2
 SHORTCUTS = ("projection", "identity")
 POOL_TYPES = ("avg", "max")
 
@@ -35,8 +39,11 @@ class ResNetSpec:
     blocks[i] and channels[i] describe stage i. For "bottleneck" the channels are the inner
     widths and a stage outputs channels[i] * expansion; for "res9" a stage is the ResNet-9
     layer (conv, max-pool by its stride, BN, ReLU) followed by blocks[i] residual units (0 is
-    allowed). `pool` is the head's pooling window (0 = global); the classifier sees
-    channels * (final_map / pool)**2 features.
+    allowed). "fast" is the airbench layout made residual: a stage is conv, max-pool by its
+    stride, BN, GELU, then blocks[i] units x + GELU(BN(conv(x))); its BatchNorms have a fixed
+    scale of 1 and a learned bias, and its convolutions start as identities (Dirac) where the
+    shapes allow. `pool` is the head's pooling window (0 = global); the classifier sees
+    channels * (final_map / pool)**2 features, and its logits are multiplied by `logit_scale`.
     """
 
     blocks: tuple[int, ...]
@@ -54,6 +61,9 @@ class ResNetSpec:
     head_dropout: float = 0.0  # before the classifier
     num_classes: int = 10
     input_size: int = 32
+    bn_momentum: float = 0.1  # BatchNorm running statistics: weight of each new batch (PyTorch's)
+    head_bias: bool = True  # the classifier's bias
+    logit_scale: float = 1.0  # fixed factor on the logits (airbench: 1/9)
 
     def __post_init__(self) -> None:
         for name in ("blocks", "channels", "strides"):
@@ -94,6 +104,21 @@ class ResNetSpec:
         for name, minimum in scalars:
             if not _ints_at_least((value := getattr(self, name),), minimum):
                 raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.stem == "whiten" and self.stem_channels not in (None, WHITEN_CHANNELS):
+            raise UserError(
+                f"the whitening stem has 2*3*{WHITEN_KERNEL}^2 = {WHITEN_CHANNELS} channels, "
+                f"got stem_channels {self.stem_channels}"
+            )
+        if type(self.head_bias) is not bool:
+            raise UserError(f"head_bias must be true or false, got {self.head_bias!r}")
+        for name, low, high in [("bn_momentum", 0.0, 1.0), ("logit_scale", 0.0, 1e6)]:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not low < value <= high
+            ):
+                raise UserError(f"{name} must be a number in ({low:g}, {high:g}], got {value!r}")
         if self.kernel % 2 == 0:
             raise UserError(f"kernel must be odd so padding keeps the map size, got {self.kernel}")
         for name in ("dropout", "head_dropout"):
@@ -106,7 +131,7 @@ class ResNetSpec:
     def stage_strides(self) -> tuple[int, ...]:
         if self.strides is not None:
             return self.strides
-        first = 2 if self.block == "res9" else 1
+        first = 2 if self.block in ("res9", "fast") else 1
         return (first,) + (2,) * (len(self.blocks) - 1)
 
     @functools.cached_property
@@ -151,14 +176,17 @@ class Layer(NamedTuple):
     """One leaf module. Maps are square; `out_size` is the side of the output map."""
 
     name: str  # attribute name inside its block, e.g. "conv1"
-    op: str  # "conv" | "bn" | "relu" | "maxpool" | "avgpool" | "flatten" | "dropout" | "linear"
+    # "conv" | "bn" | "bn_shift" (scale fixed at 1, learned bias) | "relu" | "gelu" | "maxpool"
+    # | "avgpool" | "flatten" | "dropout" | "linear" | "scale" (a fixed factor)
+    op: str
     in_channels: int  # for "linear": input features
     out_channels: int
     out_size: int
     kernel: int = 1  # pools: 0 = global
     stride: int = 1
     padding: int = 0
-    p: float = 0.0  # dropout probability
+    p: float = 0.0  # dropout probability; "scale": the factor
+    bias: bool = False  # "conv" and "linear"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -169,7 +197,7 @@ class Block:
     equal blocks are one object, and complexity.py can cache per block without hashing layers.
     """
 
-    kind: str  # "sequential" | "basic" | "bottleneck" | "preact" | "res9"
+    kind: str  # "sequential" | "basic" | "bottleneck" | "preact" | "res9" | "fast"
     layers: tuple[Layer, ...]
     shortcut: tuple[Layer, ...] = ()  # projection layers; empty: identity, zero-padded if needed
     stride: int = 1
@@ -207,12 +235,17 @@ def _conv(name: str, cin: int, cout: int, kernel: int, stride: int, size: int) -
     return Layer(name, "conv", cin, cout, _out_size(size, kernel, stride, pad), kernel, stride, pad)
 
 
-def _bn(name: str, channels: int, size: int) -> Layer:
-    return Layer(name, "bn", channels, channels, size)
+def _bn(name: str, channels: int, size: int, op: str = "bn") -> Layer:
+    return Layer(name, op, channels, channels, size)
 
 
-def _relu(name: str, channels: int, size: int) -> Layer:
-    return Layer(name, "relu", channels, channels, size)
+def _relu(name: str, channels: int, size: int, op: str = "relu") -> Layer:
+    return Layer(name, op, channels, channels, size)
+
+
+# BatchNorm and activation of each unit type: the fast units' BN has a fixed scale.
+_NORM_ACT = {"fast": ("bn_shift", "gelu")}
+_DEFAULT_NORM_ACT = ("bn", "relu")
 
 
 def _dropout(name: str, channels: int, size: int, p: float) -> Layer:
@@ -263,6 +296,10 @@ def _unit(
             _bn("bn2", width, s), _dropout("drop", width, s, dropout),
             _conv("conv2", width, width, kernel, 1, s),
         )  # fmt: skip
+    elif kind == "fast":  # x + GELU(BN(conv(x))); like res9, its units never change shape
+        c1 = _conv("conv", cin, width, kernel, stride, size)
+        s = c1.out_size
+        layers = (c1, _bn("bn", width, s, "bn_shift"), _relu("act", width, s, "gelu"))
     else:  # "basic", and "res9" (whose units never change shape)
         c1 = _conv("conv1", cin, width, kernel, stride, size)
         s = c1.out_size
@@ -278,6 +315,12 @@ def _unit(
 
 @functools.cache
 def _stem(stem: str, block: str, channels: int, size: int) -> Block:
+    if stem == "whiten":  # 2x2 patches, no padding: a 32 px image becomes a 31 px map
+        conv = Layer(
+            "conv", "conv", 3, WHITEN_CHANNELS, _out_size(size, WHITEN_KERNEL, 1, 0),
+            WHITEN_KERNEL, bias=True,
+        )  # fmt: skip
+        return Block("sequential", (conv, _relu("act", WHITEN_CHANNELS, conv.out_size, "gelu")))
     if stem == "imagenet":
         conv = _conv("conv", 3, channels, 7, 2, size)
         s = conv.out_size
@@ -290,21 +333,23 @@ def _stem(stem: str, block: str, channels: int, size: int) -> Block:
     return Block("sequential", (conv, _bn("bn", channels, s), _relu("relu", channels, s)))
 
 
-def _res9_layer(cin: int, width: int, kernel: int, stride: int, size: int) -> Block:
-    """Page's ResNet-9 layer: conv, max-pool by the stride, BN, ReLU (its units follow)."""
+def _pool_layer(block: str, cin: int, width: int, kernel: int, stride: int, size: int) -> Block:
+    """The layer that opens a res9 or fast stage (Page's ResNet-9 layer): conv, max-pool by the
+    stride, BN, activation (ReLU; GELU after a fixed-scale BN in fast stages)."""
+    norm, act = _NORM_ACT.get(block, _DEFAULT_NORM_ACT)
     layers = (_conv("conv", cin, width, kernel, 1, size),)
     if stride > 1:
         layers += (_pool("pool", "maxpool", width, size, stride, stride),)
     s = layers[-1].out_size
     if s < 1:
         raise UserError(f"a {size}x{size} map is too small for a max-pool of {stride}")
-    return Block("sequential", layers + (_bn("bn", width, s), _relu("relu", width, s)))
+    return Block("sequential", layers + (_bn("bn", width, s, norm), _relu(act, width, s, act)))
 
 
 @functools.cache
 def _head(
     block: str, channels: int, size: int, pool: int, pool_type: str, dropout: float,
-    num_classes: int,
+    num_classes: int, bias: bool = True, scale: float = 1.0,
 ) -> Block:  # fmt: skip
     layers = ()
     if block == "preact":  # the last unit's output has not been normalised yet
@@ -313,15 +358,15 @@ def _head(
         raise UserError(f"pool {pool} does not divide the final {size}x{size} map (0 = global)")
     pooled = _pool("pool", f"{pool_type}pool", channels, size, pool, pool)
     features = channels * pooled.out_size**2
-    return Block(
-        "sequential",
-        layers + (
-            pooled,
-            Layer("flatten", "flatten", channels, features, 1),
-            _dropout("drop", features, 1, dropout),
-            Layer("fc", "linear", features, num_classes, 1),
-        ),
+    layers += (
+        pooled,
+        Layer("flatten", "flatten", channels, features, 1),
+        _dropout("drop", features, 1, dropout),
+        Layer("fc", "linear", features, num_classes, 1, bias=bias),
     )  # fmt: skip
+    if scale != 1:
+        layers += (Layer("scale", "scale", num_classes, num_classes, 1, p=scale),)
+    return Block("sequential", layers)
 
 
 @functools.cache
@@ -330,8 +375,8 @@ def _stage(
     shortcut: str, dropout: float, expansion: int,
 ) -> tuple[Block, ...]:  # fmt: skip
     stage = []
-    if block == "res9":  # the layer downsamples, so its units keep the shape
-        stage.append(_res9_layer(cin, width, kernel, stride, size))
+    if block in ("res9", "fast"):  # the layer downsamples, so its units keep the shape
+        stage.append(_pool_layer(block, cin, width, kernel, stride, size))
         cin, size, stride = width, stage[0].out_size, 1
     for i in range(n_units):
         unit_stride = stride if i == 0 else 1  # the first unit downsamples
@@ -344,7 +389,7 @@ def _stage(
 def _plan(spec: ResNetSpec) -> Plan:
     channels = spec.stem_channels or spec.channels[0]
     stem = _stem(spec.stem, spec.block, channels, spec.input_size)
-    size, stages = stem.out_size, []
+    channels, size, stages = stem.out_channels, stem.out_size, []
     for n_units, width, stride in zip(spec.blocks, spec.channels, spec.stage_strides, strict=True):
         stage = _stage(
             spec.block, channels, width, n_units, spec.kernel, stride, size,
@@ -353,8 +398,9 @@ def _plan(spec: ResNetSpec) -> Plan:
         stages.append(stage)
         channels, size = stage[-1].out_channels, stage[-1].out_size
     head = _head(
-        spec.block, channels, size, spec.pool, spec.pool_type, spec.head_dropout, spec.num_classes
-    )
+        spec.block, channels, size, spec.pool, spec.pool_type, spec.head_dropout,
+        spec.num_classes, spec.head_bias, spec.logit_scale,
+    )  # fmt: skip
     return Plan(stem, tuple(stages), head)
 
 
@@ -367,28 +413,53 @@ _POOLS = {
 }
 
 
-def _make_layer(layer: Layer) -> nn.Module:
+class Scale(nn.Module):
+    """Multiply by a fixed factor (airbench's logit scale): a setting, not a parameter."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+def _make_layer(layer: Layer, bn_momentum: float = 0.1) -> nn.Module:
     if layer.op == "conv":
+        # Without a bias unless the plan says so: the BN next to it has one.
         return nn.Conv2d(
             layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.padding,
-            bias=False,  # the BN that follows (or precedes, in pre-activation units) has the bias
+            bias=layer.bias,
         )  # fmt: skip
-    if layer.op == "bn":
-        return nn.BatchNorm2d(layer.out_channels)
+    if layer.op in ("bn", "bn_shift"):
+        # bn_shift: airbench's BatchNorm (its eps too), scale fixed at 1, only the bias learns
+        eps = 1e-12 if layer.op == "bn_shift" else 1e-5
+        norm = nn.BatchNorm2d(layer.out_channels, eps=eps, momentum=bn_momentum)
+        norm.weight.requires_grad_(layer.op == "bn")
+        return norm
     if layer.op == "relu":
         return nn.ReLU(inplace=True)
+    if layer.op == "gelu":
+        return nn.GELU()
     if layer.op == "dropout":
         return nn.Dropout(layer.p)
     if layer.op == "flatten":
         return nn.Flatten()
     if layer.op == "linear":
-        return nn.Linear(layer.in_channels, layer.out_channels)
+        return nn.Linear(layer.in_channels, layer.out_channels, bias=layer.bias)
+    if layer.op == "scale":
+        return Scale(layer.p)
     windowed, adaptive = _POOLS[layer.op]
     return adaptive(1) if layer.kernel == 0 else windowed(layer.kernel, layer.stride, layer.padding)
 
 
-def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:
-    return nn.Sequential(OrderedDict((layer.name, _make_layer(layer)) for layer in layers))
+def _sequential(layers: tuple[Layer, ...], bn_momentum: float = 0.1) -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict((layer.name, _make_layer(layer, bn_momentum)) for layer in layers)
+    )
 
 
 class ZeroPadShortcut(nn.Module):
@@ -409,12 +480,12 @@ class ZeroPadShortcut(nn.Module):
 class Residual(nn.Module):
     """A residual unit: the plan's layers as named children; each subclass wires them up."""
 
-    def __init__(self, block: Block) -> None:
+    def __init__(self, block: Block, bn_momentum: float = 0.1) -> None:
         super().__init__()
         for layer in block.layers:
-            self.add_module(layer.name, _make_layer(layer))
+            self.add_module(layer.name, _make_layer(layer, bn_momentum))
         if block.shortcut:
-            self.shortcut = _sequential(block.shortcut)
+            self.shortcut = _sequential(block.shortcut, bn_momentum)
         elif block.stride > 1 or block.extra_channels:
             self.shortcut = ZeroPadShortcut(block.stride, block.extra_channels)
         else:
@@ -457,11 +528,23 @@ class Res9Unit(Residual):
         return self.shortcut(x) + F.relu(self.bn2(self.conv2(out)))
 
 
-_UNITS = {"basic": BasicBlock, "bottleneck": Bottleneck, "preact": PreActBlock, "res9": Res9Unit}
+class FastUnit(Residual):
+    """The fast stages' residual unit: x + GELU(BN(conv(x))), BN with a fixed scale."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.bn(self.conv(x)))
 
 
-def _make_block(block: Block) -> nn.Module:
-    return _sequential(block.layers) if block.kind == "sequential" else _UNITS[block.kind](block)
+_UNITS = {
+    "basic": BasicBlock, "bottleneck": Bottleneck, "preact": PreActBlock, "res9": Res9Unit,
+    "fast": FastUnit,
+}  # fmt: skip
+
+
+def _make_block(block: Block, bn_momentum: float = 0.1) -> nn.Module:
+    if block.kind == "sequential":
+        return _sequential(block.layers, bn_momentum)
+    return _UNITS[block.kind](block, bn_momentum)
 
 
 class ResNet(nn.Module):
@@ -470,25 +553,35 @@ class ResNet(nn.Module):
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
         self.spec = spec
-        plan = spec.plan
-        self.stem = _make_block(plan.stem)
-        self.stages = nn.Sequential(*(nn.Sequential(*map(_make_block, s)) for s in plan.stages))
-        self.head = _make_block(plan.head)
+        plan, momentum = spec.plan, spec.bn_momentum
+        self.stem = _make_block(plan.stem, momentum)
+        self.stages = nn.Sequential(
+            *(nn.Sequential(*(_make_block(b, momentum) for b in s)) for s in plan.stages)
+        )
+        self.head = _make_block(plan.head, momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
 
 
 def build(spec: ResNetSpec) -> ResNet:
-    """The network `spec` describes, with torchvision's Kaiming initialisation.
+    """The network `spec` describes, initialised as its family is.
 
-    Convs get Kaiming-normal weights (fan_out, ReLU gain); BN starts at weight 1, bias 0 and the
-    classifier keeps PyTorch's default (both are already what the constructors give).
+    Convs get Kaiming-normal weights (fan_out, ReLU gain), as torchvision's ResNets; in "fast"
+    networks they keep PyTorch's default and the first in_channels filters are set to the
+    identity (Dirac), as in airbench. BN starts at weight 1, bias 0 and the classifier keeps
+    PyTorch's default (both are already what the constructors give). The whitening stem's
+    weights are frozen: `budgetnet.whitening` sets them from the training images.
     """
     model = ResNet(spec)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if spec.block == "fast":
+                nn.init.dirac_(m.weight.data[: m.in_channels])
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if spec.stem == "whiten":  # whitening.py sets these weights
+        model.stem.conv.weight.requires_grad_(False)
     return model
 
 
@@ -519,6 +612,15 @@ def _imagenet_bottleneck(blocks: tuple[int, ...], depth: int) -> Preset:
         f"ResNet-{depth}: bottleneck [{','.join(map(str, blocks))}], 64-512 (x4), 7x7/2 stem + max-pool",
         f"torchvision resnet{depth} (v1.5)",
     )
+
+
+def _fast(blocks: tuple[int, ...], channels: tuple[int, ...]) -> ResNetSpec:
+    """airbench's network with residual units: BN momentum 0.4 (airbench's 0.6 in its own
+    convention), a bias-free classifier and logits scaled by 1/9."""
+    return ResNetSpec(
+        blocks, channels, block="fast", stem="whiten", pool_type="max", bn_momentum=0.4,
+        head_bias=False, logit_scale=1 / 9,
+    )  # fmt: skip
 
 
 PRESETS: dict[str, Preset] = {
@@ -556,6 +658,12 @@ PRESETS: dict[str, Preset] = {
         "the usual CIFAR ResNet-18: basic [2,2,2,2], 64-512, 3x3 stem, global pool",
         "kuangliu/pytorch-cifar",
     ),
+    "fastres_s": Preset(
+        _fast((1, 1, 1), (64, 256, 256)),
+        "airbench94's network made a ResNet: whitening stem, 3 stages of conv-pool-BN-GELU "
+        "+ 1 residual unit, 64/256/256, global max-pool, logits x 1/9",
+        "airbench94 (Jordan 2024), with an identity shortcut around each stage's second conv",
+    ),
 }
 DEFAULT_PRESET = "resnet24_b343"
 
@@ -592,7 +700,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pool-type", metavar="{avg,max}", help="head pooling")
     g.add_argument("--block", metavar="{" + ",".join(BLOCK_TYPES) + "}", help="unit type")
     g.add_argument("--expansion", type=int, help="bottleneck output / inner channels")
-    g.add_argument("--stem", metavar="{cifar,imagenet}", help="3x3/1, or 7x7/2 + max-pool")
+    g.add_argument(
+        "--stem", metavar="{" + ",".join(STEMS) + "}",
+        help="3x3/1; 7x7/2 + max-pool; or the frozen 2x2 whitening conv",
+    )  # fmt: skip
     g.add_argument("--stem-channels", type=int, help="stem output channels (default channels[0])")
     g.add_argument("--shortcut", metavar="{projection,identity}", help="when shapes change")
     g.add_argument("--strides", type=int, nargs="+", help="stride per stage (default 1 2 2 ...)")
@@ -600,6 +711,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--head-dropout", type=float, help="dropout before the classifier")
     g.add_argument("--num-classes", type=int)
     g.add_argument("--input-size", type=int, help="image side in pixels")
+    g.add_argument("--bn-momentum", type=float, help="BatchNorm statistics momentum (PyTorch's)")
+    g.add_argument(
+        "--head-bias", action=argparse.BooleanOptionalAction, default=None,
+        help="a bias in the classifier",
+    )  # fmt: skip
+    g.add_argument("--logit-scale", type=float, help="fixed factor on the logits")
 
 
 def spec_from_args(

@@ -1,0 +1,114 @@
+"""Time one training step of a fast-track network under the CPU settings the engine chooses
+between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch size.
+
+    python benchmarks/cpu_step_speed.py --model fastres_s --rounds 3
+
+Each variant runs in its own process (the allocator setting cannot be undone inside one), the
+variants take turns for `--rounds` rounds so that drift in the machine's speed hits them all
+alike, and each reports the median of its timed steps after warm-up steps (the compile happens
+there). Printed: images/s per variant (median over rounds) and the ratio to the first variant.
+Keep the machine otherwise idle while this runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "code"))
+
+# name -> (heap reuse, torch.compile, channels_last, batch size)
+VARIANTS = {
+    "eager, default allocator": (False, False, True, 1024),
+    "eager, heap reuse": (True, False, True, 1024),
+    "compiled, heap reuse": (True, True, True, 1024),
+    "eager, heap reuse, NCHW": (True, False, False, 1024),
+    "eager, heap reuse, batch 512": (True, False, True, 512),
+}
+
+
+def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from budgetnet.models import create_model
+    from budgetnet.predict import autocast
+    from budgetnet.runtime import configure_cpu
+
+    mallopt, compiled, channels_last, batch = VARIANTS[variant]
+    configure_cpu(0, allocator=mallopt)
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    x = torch.randn(batch, 3, 32, 32)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last
+        )
+    y = torch.randint(0, 10, (batch,))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.85, nesterov=True)
+    run = torch.compile(model) if compiled else model
+    cpu = torch.device("cpu")
+
+    def step() -> None:
+        with autocast(cpu, True):
+            out = run(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=0.2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"images_per_s": batch / statistics.median(times)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fastres_s")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.model, args.worker, args.steps, args.warmup)
+        return
+    rates: dict[str, list[float]] = {v: [] for v in args.variants}
+    for _ in range(args.rounds):
+        for variant in args.variants:
+            out = subprocess.run(
+                [sys.executable, __file__, "--model", args.model, "--worker", variant,
+                 "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            rates[variant].append(json.loads(out.strip().splitlines()[-1])["images_per_s"])
+    import torch
+
+    from budgetnet.runtime import amp_dtype
+
+    precision = "bf16 autocast" if amp_dtype(torch.device("cpu")) else "float32"
+    print(f"{args.model}, one training step, {precision}, torch {torch.__version__}")
+    base = statistics.median(rates[args.variants[0]])
+    for variant, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"{variant:32s} {median:7.1f} images/s  x{median / base:.2f}  "
+            f"(rounds: {', '.join(f'{v:.1f}' for v in values)})"
+        )
+
+
+if __name__ == "__main__":
+    main()

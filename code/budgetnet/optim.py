@@ -1,0 +1,165 @@
+"""The optimizer and its learning-rate schedule, from a TrainConfig.
+
+Parameter groups: weights (decayed), BatchNorm biases (lr x bias_lr_scale) and the remaining
+BatchNorm and bias parameters (decayed only with bias_decay). Frozen parameters (the whitening
+stem's filters, the fixed BatchNorm scales of fast networks) are left out. With `opt muon` the
+convolution filters go to Muon and the rest to SGD, stepped together as one optimizer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from budgetnet.config import TrainConfig
+from budgetnet.muon import Muon
+
+
+def param_groups(config: TrainConfig, model: nn.Module, skip: set[int] = frozenset()) -> list:
+    """The trainable parameters not in `skip` (ids), in groups with their peak lr and decay.
+
+    Group 0 always holds weights at the base learning rate: the schedule reports its lr.
+    Decaying BatchNorm scales and biases only shrinks them and usually hurts; airbench decays
+    them anyway (bias_decay). A group with a larger lr keeps its decay per step: torch decays by
+    lr x weight_decay, so its weight_decay is divided by the same factor."""
+    bn_biases = {
+        id(m.bias)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    lr, decay = config.effective_lr, config.effective_weight_decay
+    buckets: dict[str, list] = {"weights": [], "bn_biases": [], "other": []}
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in skip:
+            continue
+        kind = "weights" if p.ndim > 1 else "bn_biases" if id(p) in bn_biases else "other"
+        buckets[kind].append(p)
+    scale = config.bias_lr_scale
+    vector_decay = decay if config.bias_decay else 0.0
+    groups = [
+        {"params": buckets["weights"], "lr": lr, "weight_decay": decay},
+        {"params": buckets["bn_biases"], "lr": lr * scale, "weight_decay": vector_decay / scale},
+        {"params": buckets["other"], "lr": lr, "weight_decay": vector_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class Optimizers:
+    """Several optimizers stepped as one (Muon for the filters, SGD for the rest)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module):
+    """SGD (Nesterov or not), Adam, AdamW, or Muon + SGD, over `param_groups`."""
+    filters = []
+    if config.opt == "muon":
+        filters = [p for p in model.parameters() if p.ndim == 4 and p.requires_grad]
+    groups = param_groups(config, model, skip={id(p) for p in filters})
+    if config.opt in ("sgd", "muon"):
+        sgd = torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov)
+        if not filters:
+            return sgd
+        return Optimizers(sgd, Muon(filters, config.muon_lr, config.muon_momentum))
+    kind = torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW
+    return kind(groups, betas=(config.momentum, 0.999))
+
+
+def linear_factor(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """The piecewise-linear schedule as a fraction of the peak at optimizer step `step`:
+    [0, peak]      lr_start_factor -> 1, the peak at step round(warmup_epochs * steps/epoch)
+    [peak, total]  1 -> lr_end_factor at the last step
+    """
+    peak = round(config.warmup_epochs * steps_per_epoch)
+    if step < peak:
+        return config.lr_start_factor + (1 - config.lr_start_factor) * step / peak
+    span = max(total - peak, 1)
+    return 1 + (config.lr_end_factor - 1) * min(step - peak, span) / span
+
+
+def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int) -> Callable[[int], float]:
+    """`set_lr(step)`: put the learning rates of optimizer step `step` into every group (each
+    keeps its ratio to the base) and return the base group's. A pure function of the step, so
+    resuming needs nothing but the step.
+
+    cosine (timm CosineLRScheduler, stepped per iteration):
+      steps [0, warmup)       linear from 0 to the peak
+      steps [warmup, total)   cosine from the peak down to min_lr at the last step
+    onecycle (torch OneCycleLR): rise to the peak over the first `onecycle_pct` of the steps,
+      then anneal (cosine) to peak / 1e4; momentum cycles the other way.
+    linear: `linear_factor`, airbench's triangle (0.2 -> 1 at 23% -> 0.07 in its recipe).
+    constant: the peak throughout (the recipes of projects that set no schedule).
+    """
+    total = config.epochs * steps_per_epoch
+    if config.sched in ("constant", "linear"):
+        peaks = [group["lr"] for group in optimizer.param_groups]
+
+        def set_factor(step: int) -> float:
+            factor = 1.0
+            if config.sched == "linear":
+                factor = linear_factor(config, step, total, steps_per_epoch)
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                group["lr"] = peak * factor
+            return peaks[0] * factor
+
+        return set_factor
+    if config.sched == "cosine":
+        from timm.scheduler import CosineLRScheduler
+
+        warmup = round(config.warmup_epochs * steps_per_epoch)
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=total - warmup,
+            lr_min=config.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+
+        def set_lr(step: int) -> float:
+            scheduler.step_update(step)
+            return optimizer.param_groups[0]["lr"]
+
+        return set_lr
+
+    if isinstance(optimizer, Optimizers):
+        raise ValueError("the onecycle schedule drives one torch optimizer; use --sched linear")
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total,
+        pct_start=config.onecycle_pct,
+    )
+
+    def set_lr(step: int) -> float:
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # it warns when stepped before the optimizer
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        return optimizer.param_groups[0]["lr"]
+
+    return set_lr

@@ -1,0 +1,286 @@
+"""The fast-track recipe: whitening stem, decoupled SGD, the piecewise-linear schedule,
+Lookahead, the alternating flip, reflect-padded translation, Muon and the hardware rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from budgetnet import engine, lookahead, optim, predict, runtime
+from budgetnet.augment import DeviceBatches, altflip_mask, random_crop
+from budgetnet.config import PRESETS, TrainConfig
+from budgetnet.data import Normalization
+from budgetnet.models import ResNetSpec, build, get_preset
+from budgetnet.muon import Muon, orthogonalize
+from budgetnet.whitening import init_whitening, patches, sample_images, whitening_filters
+
+from conftest import REPO
+
+FAST = PRESETS["fast"]
+NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+
+
+def smooth_images(count: int, seed: int = 0) -> torch.Tensor:
+    """Correlated float images (neighbouring pixels alike), as real photographs are."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, 3, 34, 34, generator=g)
+    return torch.nn.functional.avg_pool2d(noise, 3, 1)  # (count, 3, 32, 32)
+
+
+def test_whitened_patches_have_identity_covariance():
+    images = smooth_images(64)
+    filters = whitening_filters(images, kernel=2, eps=1e-9)
+    assert filters.shape == (24, 3, 2, 2)
+    assert torch.allclose(filters[12:], -filters[:12])  # each eigenvector with its negation
+    flat = patches(images, 2).float()
+    whitened = flat @ filters[:12].reshape(12, -1).T
+    covariance = whitened.T @ whitened / len(whitened)
+    assert torch.allclose(covariance, torch.eye(12), atol=2e-3)
+    # With the default eps the directions keep their order and shrink by lambda / (lambda + eps)
+    scaled = flat @ whitening_filters(images, kernel=2)[:12].reshape(12, -1).T
+    variances = (scaled.T @ scaled / len(scaled)).diagonal()
+    assert (variances <= 1 + 1e-4).all() and variances[0] > 0.99
+
+
+def test_init_whitening_sets_the_stem_from_uint8_images():
+    spec = get_preset("fastres_s")
+    model = build(spec)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    model.stem.conv.bias.data.fill_(1.0)
+    init_whitening(model.stem.conv, images, NORM)
+    assert not model.stem.conv.weight.requires_grad and model.stem.conv.bias.requires_grad
+    assert (model.stem.conv.bias == 0).all()
+    x = predict.normalize(torch.from_numpy(images).permute(0, 3, 1, 2), NORM)
+    out = torch.nn.functional.conv2d(x, model.stem.conv.weight[:12])
+    per_channel = out.permute(1, 0, 2, 3).reshape(12, -1)
+    assert torch.allclose(per_channel.var(1), torch.ones(12), atol=0.05)
+
+
+def test_whitening_sample_is_seeded_and_spans_the_split():
+    index = np.arange(12000)  # image folders come sorted by class: the first 5,000 are airplanes
+    sample = sample_images(index, seed=1)
+    assert len(sample) == 5000 and np.array_equal(sample, sample_images(index, seed=1))
+    assert not np.array_equal(sample, sample_images(index, seed=2))
+    assert sample.max() > 11000 and (np.diff(sample) > 0).all()
+    assert len(sample_images(index[:100], seed=1)) == 100
+
+
+def test_decoupled_hyperparameters_convert_as_airbench_states_them():
+    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"})
+    momentum_scale = 1 + 1 / (1 - 0.85)  # a Nesterov step's size per gradient, steady state
+    assert config.effective_lr == pytest.approx(11.5 / momentum_scale)  # batch 1024 = base
+    assert config.effective_weight_decay == pytest.approx(0.0153 / 11.5)
+    # torch shrinks by lr x weight_decay per step: airbench's 0.0153 * 1024 / kilostep_scale
+    per_step = config.effective_lr * config.effective_weight_decay
+    assert per_step == pytest.approx(0.0153 * 1024 / (1024 * momentum_scale))
+    half = TrainConfig(**{**config.__dict__, "batch_size": 512})
+    assert half.effective_lr == pytest.approx(config.effective_lr / 2)  # lr per 1024 images
+    assert half.effective_weight_decay == config.effective_weight_decay
+
+
+def test_bias_groups_get_the_scaled_lr_and_the_same_decay_per_step():
+    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"})
+    model = build(get_preset("fastres_s"))
+    groups = optim.make_optimizer(config, model).param_groups
+    weights, bn_biases, other = groups
+    assert all(p.ndim == 4 or p.ndim == 2 for p in weights["params"])
+    assert bn_biases["lr"] == pytest.approx(64 * weights["lr"])
+    assert bn_biases["lr"] * bn_biases["weight_decay"] == pytest.approx(
+        weights["lr"] * weights["weight_decay"]
+    )
+    assert other["params"] == [model.stem.conv.bias]  # the whitening bias, decayed too
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert not any(p is model.stem.conv.weight for g in groups for p in g["params"])
+
+
+def test_linear_schedule_at_exact_steps():
+    config = TrainConfig(
+        **{k: v for k, v in FAST.items() if k != "model"} | {"epochs": 10, "warmup_epochs": 2.3}
+    )
+    model = build(get_preset("fastres_s"))
+    optimizer = optim.make_optimizer(config, model)
+    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=48)
+    peak = config.effective_lr
+    assert set_lr(0) == pytest.approx(0.2 * peak)  # airbench's triangle starts at 0.2
+    assert set_lr(110) == pytest.approx(peak)  # round(2.3 * 48): the peak
+    assert set_lr(55) == pytest.approx((0.2 + 0.8 * 55 / 110) * peak)
+    assert set_lr(480) == pytest.approx(0.07 * peak)  # the end
+    assert set_lr(295) == pytest.approx((1 - 0.93 * 185 / 370) * peak)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(64 * set_lr(295))
+
+
+def test_lookahead_pulls_every_k_steps_with_a_ramped_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.weight.data.fill_(0.0)
+    averaging = lookahead.Lookahead(model, every=5, final_decay=0.5, total_steps=10)
+    for step in range(1, 11):
+        model.weight.data += 1.0  # one "optimizer step"
+        before = model.weight.item()
+        averaging.after_step(model, step)
+        if step == 5:
+            decay = 0.5 * (5 / 10) ** 3
+            assert lookahead.decay_at(5, 10, 0.5) == pytest.approx(decay)
+            assert model.weight.item() == pytest.approx((1 - decay) * 5.0)  # slow was 0
+        elif step != 10:
+            assert model.weight.item() == before  # untouched between pulls
+    slow_at_5 = (1 - 0.5 / 8) * 5.0
+    fast_at_10 = slow_at_5 + 5.0
+    expected = 0.5 * slow_at_5 + 0.5 * fast_at_10  # decay 0.5 at the last step, then kept
+    assert model.weight.item() == pytest.approx(expected)
+    assert averaging.state_dict()["weight"].item() == pytest.approx(expected)
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    index = torch.arange(1000)
+    even, odd = altflip_mask(3, 0, index, 1000), altflip_mask(3, 1, index, 1000)
+    assert (even ^ odd).all() and 400 < int(even.sum()) < 600
+    assert torch.equal(even, altflip_mask(3, 2, index, 1000))  # the same half again
+    assert not torch.equal(even, altflip_mask(4, 0, index, 1000))  # seeded
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    config = TrainConfig(batch_size=64, crop_padding=0, altflip=True, aa=None, reprob=0)
+    batches = DeviceBatches(images, np.zeros(64, dtype=np.int64), config, torch.device("cpu"))
+    (x0, _), (x1, _) = next(iter(batches.epoch(0))), next(iter(batches.epoch(1)))
+    order0, order1 = batches.order(0), batches.order(1)
+    source = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for k in range(5):
+        i = int(order0[k])
+        j = int((order1 == i).nonzero())
+        flipped0 = torch.equal(x0[k], source[i].flip(-1))
+        assert torch.equal(x0[k], source[i].flip(-1) if flipped0 else source[i])
+        assert torch.equal(x1[j], source[i] if flipped0 else source[i].flip(-1))
+
+
+def test_reflect_translation_matches_torchvision():
+    from torchvision.transforms import functional as TF
+
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, gen, "reflect")
+    padded = TF.pad(x, [2, 2, 2, 2], padding_mode="reflect")
+    for k in range(8):  # each output is some 32x32 window of the reflect-padded image
+        windows = [padded[k, :, dy : dy + 32, dx : dx + 32] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[k], w) for w in windows)
+
+
+def test_orthogonalize_and_muon_step():
+    g = torch.randn(64, 3 * 3 * 32, generator=torch.Generator().manual_seed(0))
+    singular = torch.linalg.svdvals(orthogonalize(g))
+    assert singular.min() > 0.3 and singular.max() < 1.6  # near 1, not exactly (by design)
+    conv = torch.nn.Conv2d(32, 64, 3, bias=False)
+    conv.weight.grad = torch.randn_like(conv.weight)
+    before = conv.weight.detach().clone()
+    Muon([conv.weight], lr=0.1).step()
+    step = conv.weight.detach() - before * (64**0.5 / before.norm())
+    assert torch.linalg.svdvals(step.reshape(64, -1)).max() < 0.2  # lr x (about) orthogonal
+
+
+def test_muon_pairs_with_sgd_and_round_trips_its_state():
+    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"} | {"opt": "muon"})
+    model = build(get_preset("fastres_s"))
+    optimizer = optim.make_optimizer(config, model)
+    filters = {id(p) for p in model.parameters() if p.ndim == 4 and p.requires_grad}
+    muon_params = {id(p) for p in optimizer.optimizers[1].param_groups[0]["params"]}
+    assert muon_params == filters
+    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=10)
+    set_lr(0)
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.2 * config.muon_lr)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    again = optim.make_optimizer(config, build(get_preset("fastres_s")))
+    again.load_state_dict(state)
+    assert len(again.optimizers[1].state) == len(filters)
+
+
+def test_frozen_parameters_sit_the_step_out():
+    model = build(get_preset("fastres_s"))
+    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"} | {"batch_size": 8})
+    optimizer = optim.make_optimizer(config, model)
+    from budgetnet.augment import BatchAugment
+
+    augment = BatchAugment(config, NORM, 10, 32, torch.device("cpu"))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    bias, head = model.stem.conv.bias.detach().clone(), model.head.fc.weight.detach().clone()
+    loss_fn = engine.make_loss(config)
+    stem = [model.stem.conv.bias]
+    labels = torch.arange(8) % 10
+    engine.train_step(
+        model, optimizer, augment, loss_fn, images, labels, torch.device("cpu"), True, stem
+    )
+    assert torch.equal(model.stem.conv.bias, bias)  # no step, no decay
+    assert not torch.equal(model.head.fc.weight, head)
+
+
+def test_bf16_is_used_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert isinstance(runtime.bf16_native("cpu"), bool)
+    monkeypatch.setattr(runtime, "bf16_native", lambda kind: False)
+    assert runtime.amp_dtype(cpu) is None
+    with predict.autocast(cpu, True):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(runtime, "bf16_native", lambda kind: True)
+    assert runtime.amp_dtype(cpu) == torch.bfloat16 and runtime.amp_dtype(cpu, False) is None
+    with predict.autocast(cpu, True):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_configure_cpu_sets_threads_and_reports_the_allocator():
+    line = runtime.configure_cpu(threads=1, allocator=False)
+    assert torch.get_num_threads() == 1 and line == "1 CPU thread"
+    line = runtime.configure_cpu(threads=0)
+    assert torch.get_num_threads() == runtime.cpu_count()
+    assert ("heap reuse" in line) == runtime.tune_allocator()
+
+
+def test_fast_spec_is_checked():
+    from budgetnet.errors import UserError
+
+    with pytest.raises(UserError, match="24 channels"):
+        ResNetSpec((1,), (8,), stem="whiten", stem_channels=16)
+    with pytest.raises(UserError, match="logit_scale"):
+        ResNetSpec((1,), (8,), logit_scale=0)
+    with pytest.raises(UserError, match="bn_momentum"):
+        ResNetSpec((1,), (8,), bn_momentum=1.5)
+    spec = ResNetSpec((1, 1), (8, 16), block="fast", stem="whiten", pool_type="max")
+    assert spec.stage_strides == (2, 2) and spec.plan.stages[-1][-1].out_size == 7
+
+
+def test_airbench_adapter_runs_the_package_on_the_cpu(tmp_path):
+    """The benchmark's airbench process: package unmodified, device and precision adapted."""
+    pytest.importorskip("airbench")
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    (tmp_path / "cifar10").mkdir()
+    torch.save(
+        {"images": images, "labels": torch.arange(64) % 10, "classes": list("abcdefghij")},
+        tmp_path / "cifar10" / "train.pt",
+    )
+    code = f"""
+import json, sys, torch
+sys.path.insert(0, {str(REPO / "benchmarks")!r})
+import airbench_cpu
+airbench_cpu.adapt_to_cpu()
+import airbench, os
+os.chdir({str(tmp_path)!r})
+net = airbench.make_net94()
+loader = airbench.CifarLoader("cifar10", train=True, batch_size=32, aug=dict(flip=True, translate=2))
+x, y = next(iter(loader))
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+start.record(); out = net(x); end.record(); torch.cuda.synchronize()
+print(json.dumps({{"dtype": str(next(net.parameters()).dtype), "device": str(x.device),
+    "shape": list(out.shape), "params": sum(p.numel() for p in net.parameters()),
+    "ms": start.elapsed_time(end), "timed": len(airbench_cpu.INTERVALS)}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["dtype"] == "torch.float32" and row["device"] == "cpu"
+    assert row["shape"] == [32, 10] and row["ms"] > 0 and row["timed"] == 1
+    ours = build(get_preset("fastres_s"))  # the same layers plus identity shortcuts
+    assert row["params"] == sum(p.numel() for p in ours.parameters())
