@@ -11,8 +11,6 @@ The CSV is written atomically and checked against the pickle before anything is 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
 import time
@@ -22,17 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "code"))  # works witho
 
 import numpy as np  # noqa: E402
 
-from budgetnet.errors import UserError, run_cli  # noqa: E402
+from budgetnet.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from budgetnet.evaluation import (  # noqa: E402
     add_model_arguments,
     device_from_arg,
     load_ensemble,
     view_count,
 )
-from budgetnet.files import atomic_write  # noqa: E402
+from budgetnet.files import atomic_write, distinct_paths  # noqa: E402
 from budgetnet.kaggle import read_unlabeled_pickle  # noqa: E402
 from budgetnet.kaggle_cli import COMPETITION_ENV, submit  # noqa: E402
 from budgetnet.predict import TTA_LEVELS  # noqa: E402
+from budgetnet.runtime import precision_name  # noqa: E402
 from budgetnet.submission import check_submission, write_submission  # noqa: E402
 
 
@@ -44,7 +43,7 @@ def write_probs(path: Path, probs: np.ndarray, ids: np.ndarray, classes: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pkl", required=True, help="the competition's unlabeled test pickle")
     parser.add_argument(
         "--out", default="submissions/submission.csv", help="where to write the CSV (ID,Labels)"
@@ -85,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     probs_path = None
     if args.save_probs is not None:
         probs_path = Path(args.save_probs) if args.save_probs else out.with_suffix(".probs.npz")
+    distinct_paths({"--pkl": args.pkl, "--out": out, "--save-probs": probs_path})
+    for path in filter(None, (out, probs_path)):
+        if path.is_dir():  # refused now, not after the models have run
+            raise UserError(f"{path}: is a directory; give a file name to write")
 
     test = read_unlabeled_pickle(args.pkl)
     device = device_from_arg(args.device)
@@ -95,20 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - start
 
+    if not np.isfinite(probs).all():
+        raise UserError(
+            f"the model gave non-finite probabilities for {int((~np.isfinite(probs)).any(1).sum())}"
+            " images (a broken release?); no CSV written"
+        )
     labels = probs.argmax(axis=1)
-    write_submission(out, test.ids, labels)
-    try:
-        check_submission(out, test.ids, num_classes=len(ensemble.classes))
-    except UserError:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()  # never leave a CSV that fails the checker where it could be uploaded
-        raise
+    # Checked before it replaces anything: a CSV that fails never reaches --out.
+    write_submission(
+        out,
+        test.ids,
+        labels,
+        check=lambda written: check_submission(
+            written, test.ids, num_classes=len(ensemble.classes)
+        ),
+    )
     if probs_path is not None:
         write_probs(probs_path, probs, test.ids, ensemble.classes)
 
     counts = np.bincount(labels, minlength=len(ensemble.classes))
     views = view_count(args.tta)
-    precision = "fp32" if args.fp32 else "bf16 autocast"
+    precision = precision_name(device, not args.fp32)
     print(
         f"labelled {len(test)} images of {args.pkl} in {seconds:.1f} s "
         f"({len(test) / seconds:.0f} images/s) with {ensemble.describe()}: TTA {args.tta} "

@@ -1,5 +1,6 @@
 """Time one training step of a fast-track network under the CPU settings the engine chooses
-between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch size.
+between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch size, and the
+optimizer (Nesterov SGD, or Muon for the convolution filters, `--opt muon`).
 
     python benchmarks/cpu_step_speed.py --model fastres_s --rounds 3
 
@@ -23,13 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
-# name -> (heap reuse, torch.compile, channels_last, batch size)
+# name -> (heap reuse, torch.compile, channels_last, batch size, Muon)
 VARIANTS = {
-    "eager, default allocator": (False, False, True, 1024),
-    "eager, heap reuse": (True, False, True, 1024),
-    "compiled, heap reuse": (True, True, True, 1024),
-    "eager, heap reuse, NCHW": (True, False, False, 1024),
-    "eager, heap reuse, batch 512": (True, False, True, 512),
+    "eager, default allocator": (False, False, True, 1024, False),
+    "eager, heap reuse": (True, False, True, 1024, False),
+    "compiled, heap reuse": (True, True, True, 1024, False),
+    "eager, heap reuse, NCHW": (True, False, False, 1024, False),
+    "eager, heap reuse, batch 512": (True, False, True, 512, False),
+    "eager, heap reuse, Muon": (True, False, True, 1024, True),
 }
 
 
@@ -37,22 +39,25 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
     import torch
     import torch.nn.functional as F
 
+    from budgetnet.config import PRESETS, TrainConfig, merge
     from budgetnet.models import create_model
+    from budgetnet.optim import make_optimizer
     from budgetnet.predict import autocast
     from budgetnet.runtime import configure_cpu
 
-    mallopt, compiled, channels_last, batch = VARIANTS[variant]
+    mallopt, compiled, channels_last, batch, muon = VARIANTS[variant]
     configure_cpu(0, allocator=mallopt)
     torch.manual_seed(0)
     model = create_model(model_name)
     x = torch.randn(batch, 3, 32, 32)
     if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
-            memory_format=torch.channels_last
-        )
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.85, nesterov=True)
+    # The fast preset's optimizer, its filters handed to Muon in the Muon variant.
+    recipe = {k: v for k, v in PRESETS["fast"].items() if k != "model"}
+    config = merge(TrainConfig(), {**recipe, "opt": "muon" if muon else "sgd"}, "fast preset")
+    optimizer = make_optimizer(config, model)
     run = torch.compile(model) if compiled else model
     cpu = torch.device("cpu")
 
@@ -97,9 +102,9 @@ def main() -> None:
             rates[variant].append(json.loads(out.strip().splitlines()[-1])["images_per_s"])
     import torch
 
-    from budgetnet.runtime import amp_dtype
+    from budgetnet.runtime import precision_name
 
-    precision = "bf16 autocast" if amp_dtype(torch.device("cpu")) else "float32"
+    precision = precision_name(torch.device("cpu"))
     print(f"{args.model}, one training step, {precision}, torch {torch.__version__}")
     base = statistics.median(rates[args.variants[0]])
     for variant, values in rates.items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,16 +35,9 @@ sys.path.insert(0, str(REPO / "code"))
 from budgetnet.complexity import count_flops, count_params, markdown_table  # noqa: E402
 from budgetnet.data import load_split  # noqa: E402
 from budgetnet.models import ResNetSpec  # noqa: E402
-from budgetnet.runtime import amp_dtype, cpu_count  # noqa: E402
+from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
 
 TTA = 2
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def write_airbench_data(data: str, workdir: Path) -> None:
@@ -89,8 +81,8 @@ def airbench_run(version: str, seed: int, workdir: Path, log, mallopt: bool = Fa
     return {**row, "process_seconds": seconds}
 
 
-def preset_run(preset: str, seed: int, data: str, workdir: Path, log) -> dict:
-    run_dir = workdir / "runs" / f"{preset}-seed{seed}"
+def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
+    run_dir = runs / f"{preset}-seed{seed}"
     _, seconds = run(
         [sys.executable, "code/train.py", "--preset", preset, "--data", data, "--val-size", "0",
          "--seed", str(seed), "--tta", str(TTA), "--run-dir", str(run_dir)],
@@ -119,7 +111,7 @@ def summarise(rows: list[dict], reference: str) -> str:
         return statistics.median(r[key] for r in rows if r["system"] == system)
 
     table = []
-    for system in systems:
+    for system in sorted(systems, key=lambda name: name != reference):
         mine = [r for r in rows if r["system"] == system]
         accs = [100 * r[f"test_acc_tta{TTA}"] for r in mine]
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -156,11 +148,15 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--log", type=Path, default=Path("docs/benchmarks/cpu_vs_airbench.log"))
     parser.add_argument("--rows", type=Path, help="also write every run's row here (JSON)")
+    parser.add_argument(
+        "--runs", type=Path,
+        help="keep the presets' run directories here (default: a temporary folder)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not args.airbench:
         parser.error("name at least one airbench version: the ratios are taken to the first")
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    precision = "bf16 autocast" if amp_dtype(torch.device("cpu")) else "float32"
+    precision = precision_name(torch.device("cpu"))
     header = (
         f"{datetime.date.today()}, {cpu_model()}, {cpu_count()} cores, torch {torch.__version__},"
         f" {precision}; seeds {args.seeds}"
@@ -170,12 +166,13 @@ def main() -> None:
         log.write(f"\n# {' '.join(sys.argv)}\n# {header}\n")
         workdir = Path(tmp)
         write_airbench_data(args.data, workdir)
+        runs = args.runs or workdir / "runs"
         for seed in args.seeds:  # seed-major, so a long run still covers every system
+            for preset in args.presets:
+                rows.append(preset_run(preset, seed, args.data, runs, log))
+                print(json.dumps(rows[-1]), flush=True)
             for version in args.airbench:
                 rows.append(airbench_run(version, seed, workdir, log))
-                print(json.dumps(rows[-1]), flush=True)
-            for preset in args.presets:
-                rows.append(preset_run(preset, seed, args.data, workdir, log))
                 print(json.dumps(rows[-1]), flush=True)
             if seed in args.heap_reuse_seeds:
                 rows.append(airbench_run(args.airbench[0], seed, workdir, log, mallopt=True))

@@ -9,15 +9,13 @@ extra: pip install -e '.[app]'.
 
 from __future__ import annotations
 
-import argparse
-
-from budgetnet.errors import UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.evaluation import load_ensemble
 from budgetnet.predict import TTA_LEVELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint",
         nargs="+",

@@ -5,15 +5,13 @@ python code/check_submission.py submissions/submission.csv --pkl cifar_test_nola
 
 from __future__ import annotations
 
-import argparse
-
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.kaggle import read_unlabeled_pickle
 from budgetnet.submission import check_submission
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", help="the submission file (ID,Labels)")
     parser.add_argument("--pkl", required=True, help="the unlabeled test pickle it answers")
     parser.add_argument("--num-classes", type=int, default=10, help="labels must be 0..N-1")

@@ -11,11 +11,10 @@ the source.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from budgetnet.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
-from budgetnet.errors import UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.evaluation import (
     add_model_arguments,
     device_from_arg,
@@ -30,7 +29,7 @@ from budgetnet.report_plots import write_plots
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser, default_checkpoint="trained_model")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument(

@@ -6,15 +6,14 @@ the held-out validation split and the normalisation statistics training would us
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from budgetnet.data import load_splits
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a path, 'cifar10' or 'cifar100'")
     parser.add_argument(
         "--val-size",

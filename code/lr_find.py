@@ -9,20 +9,19 @@ prints the learning rate of steepest loss descent, and writes the plot and a CSV
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 from pathlib import Path
 
 import train
 from budgetnet.data import load_splits
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.files import atomic_write
 from budgetnet.lr_range import lr_range_test, plot_lr_range
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out",
         type=Path,

@@ -9,16 +9,15 @@ score a submission against the key with `code/score_submission.py`.
 
 from __future__ import annotations
 
-import argparse
-
 from budgetnet.data import SPLITS, load_split
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
+from budgetnet.files import distinct_paths
 from budgetnet.kaggle import LAYOUTS, kaggle_style, write_unlabeled_pickle
 from budgetnet.submission import write_submission
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="any source budgetnet.data reads")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--out", required=True, help="the unlabeled pickle to write")
@@ -35,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the row order and the ids")
     args = parser.parse_args(argv)
+    distinct_paths({"--out": args.out, "--key": args.key})
     labeled = load_split(args.data, args.split, max_per_class=args.max_per_class)
     images, ids, labels = kaggle_style(labeled, args.seed)
     write_unlabeled_pickle(args.out, images, ids, args.layout)

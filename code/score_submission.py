@@ -5,14 +5,12 @@ python code/score_submission.py submissions/submission.csv --key runs/kaggle/tes
 
 from __future__ import annotations
 
-import argparse
-
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.submission import score_submission
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", help="the submission file (ID,Labels)")
     parser.add_argument("--key", required=True, help="the answer key (ID,Labels)")
     args = parser.parse_args(argv)

@@ -15,14 +15,13 @@ validation accuracy on the held-out split (trained.csv / trained.md):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 from budgetnet import config as train_config
 from budgetnet.complexity import markdown_table
 from budgetnet.data import load_splits
-from budgetnet.errors import UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.search import (
     Grid,
     format_markdown,
@@ -88,7 +87,7 @@ def train_ranking(candidates, args, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     default = Grid()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog=f"default grid ({len(default):,} candidates): {default}",
     )
@@ -102,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     grid_args.add_argument("--kernels", type=int, nargs="+", help="kernel sizes (odd)")
     grid_args.add_argument("--pools", type=int, nargs="+", help="head pool windows (0 = global)")
-    grid_args.add_argument("--block", help="unit type: basic, bottleneck, preact or res9")
+    grid_args.add_argument("--block", help="unit type: basic, bottleneck, preact, res9 or fast")
+    grid_args.add_argument("--stem", help="cifar, imagenet or whiten")
     grid_args.add_argument("--shortcut", help="projection or identity")
     grid_args.add_argument("--num-classes", type=int)
     grid_args.add_argument("--input-size", type=int)

@@ -7,15 +7,13 @@ python code/summary.py --blocks 2 2 2 --channels 64 128 256 --pool 0
 
 from __future__ import annotations
 
-import argparse
-
 from budgetnet.complexity import count_flops, count_params, format_summary, markdown_table
-from budgetnet.errors import run_cli
+from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.models import PRESETS, add_model_arguments, spec_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="list the model zoo and exit")
     add_model_arguments(parser)
     args = parser.parse_args(argv)

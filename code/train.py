@@ -21,7 +21,7 @@ from pathlib import Path
 from budgetnet import config as train_config
 from budgetnet import runs
 from budgetnet.engine import fit
-from budgetnet.errors import UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.models import ResNetSpec, add_model_arguments, spec_from_args
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ResNetSpec)}
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),

@@ -64,7 +64,7 @@ def test_lenient_forms_accepted(tmp_path):
 REFUSALS = [
     ({b"ids": IDS}, "missing key b'data'"),
     ({b"data": IMAGES}, "missing key b'ids'"),
-    ([IMAGES, IDS], "holds a list, expected a dict"),
+    ([IMAGES, IDS], "holds list .*, expected a dict"),
     ({b"data": IMAGES.tolist(), b"ids": IDS}, "is a list, expected a numpy array"),
     ({b"data": IMAGES[:, :16], b"ids": IDS}, r"has shape \(6, 16, 32, 3\)"),
     ({b"data": IMAGES.reshape(6, -1)[:, :3000], b"ids": IDS}, r"has shape \(6, 3000\)"),
@@ -79,9 +79,9 @@ REFUSALS = [
     ({b"data": IMAGES, b"ids": np.array([1, 2, 3, 3, 4, 1])}, "2 duplicates, e.g. 1, 3"),
     ({b"data": IMAGES, b"ids": IDS.astype(np.float64)}, "dtype float64; ids must be integers"),
     ({b"data": IMAGES, b"ids": [1, 2, 3, None, 5, 6]}, "holds None"),
-    ({b"data": IMAGES, b"ids": [1, 2, 3, 4.0, 5, 6]}, "holds 4.0 .float."),
-    ({b"data": IMAGES, b"ids": [True, 2, 3, 4, 5, 6]}, "holds True"),
-    ({b"data": IMAGES, b"ids": ["a", 2, 3, 4, 5, 6]}, "holds 'a'"),
+    ({b"data": IMAGES, b"ids": [1, 2, 3, 4.0, 5, 6]}, "holds float 4.0"),
+    ({b"data": IMAGES, b"ids": [True, 2, 3, 4, 5, 6]}, "holds bool True"),
+    ({b"data": IMAGES, b"ids": ["a", 2, 3, 4, 5, 6]}, "holds str 'a'"),
     ({b"data": IMAGES, b"ids": "123456"}, "is a str, expected an array or list"),
     ({b"data": IMAGES, b"ids": np.full(6, 2**63, np.uint64)}, "too large"),
 ]

@@ -155,5 +155,5 @@ def test_search_cli_bad_value_is_one_line(run_script):
     bad = run_script("code/search.py", "--block", "dense")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: block must be one of ['basic', 'bottleneck', 'preact', 'res9'], got 'dense'"
+        "error: block must be one of ['basic', 'bottleneck', 'preact', 'res9', 'fast'], got 'dense'"
     ]

@@ -8,7 +8,8 @@ A run directory keeps its best model as a release in `best/`; publishing it is c
 folder to `trained_model/`.
 
 The *resume state* `last.pt` holds everything needed to continue a run bit for bit (model,
-EMA, optimizer, scheduler, RNG states, epoch). It is read with `torch.load(weights_only=True)`:
+EMA, Lookahead, optimizer, RNG states, epoch, best accuracy, patience left; the learning rate
+needs no state, it is a closed-form function of the step). It is read with `torch.load(weights_only=True)`:
 only tensors and plain containers, so a tampered file cannot run code either.
 """
 
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from budgetnet.data import Normalization
-from budgetnet.errors import UserError
-from budgetnet.files import atomic_write
+from budgetnet.errors import UserError, brief, shorten
+from budgetnet.files import atomic_write, check_regular_file, read_regular_file
 from budgetnet.models import ResNet, ResNetSpec, build
 
 FORMAT = "budgetnet-release"
@@ -123,55 +124,93 @@ def _release_folder(path: Path) -> Path:
     )
 
 
+MAX_META_BYTES = 1 << 20  # model.json
+MAX_WEIGHTS_BYTES = 1 << 30  # model.safetensors (the zoo's largest, ResNet-101, is 170 MB)
+
+
+def _read_meta(meta_path: Path) -> dict:
+    raw = read_regular_file(meta_path, MAX_META_BYTES, "release model.json")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{meta_path}: not valid JSON ({shorten(str(exc))})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path}: not a budgetnet release (format tag missing)")
+    if meta.get("version") != FORMAT_VERSION:
+        raise UserError(
+            f"{meta_path}: release format version {brief(meta.get('version'))}, this code "
+            f"reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def _check_weights_header(weights_path: Path, expected: dict[str, torch.Tensor]) -> None:
+    """Compare the tensor names and shapes in the safetensors header with the network the spec
+    plans (built on the meta device: nothing allocated) before any weight is read."""
+    from safetensors import SafetensorError, safe_open
+
+    check_regular_file(weights_path, MAX_WEIGHTS_BYTES, "weights file")
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights_path}: cannot read weights ({shorten(str(exc))})") from None
+    wrong = sorted(k for k in expected.keys() & shapes.keys() if expected[k].shape != shapes[k])
+    if expected.keys() != shapes.keys() or wrong:
+        missing = sorted(expected.keys() - shapes.keys())
+        extra = sorted(shapes.keys() - expected.keys())
+        raise UserError(
+            f"{weights_path}: weights do not fit the spec in {META_FILE} (missing "
+            f"{shorten(str(missing[:3]))}, unexpected {shorten(str(extra[:3]))}, wrong shape "
+            f"{shorten(str(wrong[:3]))})"
+        )
+
+
 def load_release(path: str | Path, device: torch.device | str = "cpu") -> Release:
-    """Rebuild the network from the spec stored with the weights and load them (as float32)."""
+    """Rebuild the network from the spec stored with the weights and load them (as float32).
+
+    Everything is checked before it is trusted: the metadata's size and fields, the spec's
+    limits, the weights' names and shapes against the spec (read from the file's header,
+    before anything is allocated), and finally that every weight is finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = _release_folder(Path(path))
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
+    if not meta_path.is_file() or not weights_path.exists():
         raise UserError(
             f"{folder}: not a budgetnet release (needs {META_FILE} and "
             f"{WEIGHTS_FILE}; train one with `python code/train.py`)"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path}: not a budgetnet release (format tag missing)")
-    if meta.get("version") != FORMAT_VERSION:
-        raise UserError(
-            f"{meta_path}: release format version {meta.get('version')}, this "
-            f"code reads version {FORMAT_VERSION}"
-        )
+    meta = _read_meta(meta_path)
     try:
         spec = ResNetSpec.from_dict(meta["spec"])
         classes = [str(c) for c in meta["classes"]]
         normalization = Normalization.from_dict(meta["normalization"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{meta_path}: incomplete release metadata ({exc!r})") from None
+    except UserError as exc:
+        raise UserError(f"{meta_path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{meta_path}: incomplete release metadata ({brief(exc, 80)})") from None
     if len(classes) != spec.num_classes:
         raise UserError(
             f"{meta_path}: {len(classes)} class names for a {spec.num_classes}-class model"
         )
+    with torch.device("meta"):
+        planned = build(spec).state_dict()
+    _check_weights_header(weights_path, planned)
     model = build(spec)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{weights_path}: cannot read weights ({exc})") from None
+        raise UserError(f"{weights_path}: cannot read weights ({shorten(str(exc))})") from None
     expected = model.state_dict()
-    wrong = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if expected.keys() != state.keys() or wrong:
-        missing = sorted(expected.keys() - state.keys())
-        extra = sorted(state.keys() - expected.keys())
-        raise UserError(
-            f"{weights_path}: weights do not fit the spec in {META_FILE} "
-            f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape "
-            f"{wrong[:3]})"
-        )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all())
+    if bad:
+        raise UserError(f"{weights_path}: non-finite weights in {shorten(str(bad[:3]))}")
+    try:
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    except RuntimeError as exc:
+        raise UserError(f"{weights_path}: weights do not load ({shorten(str(exc))})") from None
     return Release(model.to(device).eval(), classes, normalization, meta, folder)
 
 
@@ -190,4 +229,4 @@ def load_state(path: str | Path) -> dict:
             f"{path}: no resume state (was the run started with this version?)"
         ) from None
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path}: unreadable resume state ({exc})") from None
+        raise UserError(f"{path}: unreadable resume state ({shorten(str(exc))})") from None

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from budgetnet.data import IMAGE_SIZE
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, brief, shorten
+from budgetnet.files import read_yaml
 
 # `--mlflow` without a URI: MLFLOW_TRACKING_URI if set, else MLflow's local default store
 # (./mlruns with MLflow 2; ./mlflow.db with MLflow 3, which retired the file store).
@@ -225,10 +225,6 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
         raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
-    if config.warmup_epochs >= config.epochs and config.sched == "cosine":
-        raise UserError(
-            f"warmup_epochs ({config.warmup_epochs}) must be less than epochs ({config.epochs})"
-        )
     _check_fast_track(config)
     if (config.mixup or config.cutmix) and config.batch_size % 2:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
@@ -237,17 +233,27 @@ def _check(config: TrainConfig) -> TrainConfig:
     return _check_color_jitter(config)
 
 
+def short_run_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup that does not fit the run (the default 5 epochs when --epochs 1) becomes a
+    fifth of the run; returns the config and a one-line note saying so (None if unchanged)."""
+    too_long = config.warmup_epochs >= config.epochs and config.sched == "cosine"
+    too_long |= config.warmup_epochs > config.epochs and config.sched == "linear"
+    if not too_long:
+        return config, None
+    warmup = config.epochs / 5
+    note = (
+        f"note: warmup_epochs {config.warmup_epochs:g} does not fit a {config.epochs}-epoch "
+        f"run; warming up for {warmup:g} epochs instead"
+    )
+    return dataclasses.replace(config, warmup_epochs=warmup), note
+
+
 def _check_fast_track(config: TrainConfig) -> None:
     """The settings of the fast-track recipe: decoupled units, schedule, Muon, lookahead."""
     if config.decoupled and (config.opt not in ("sgd", "muon") or not 0 <= config.momentum < 1):
         raise UserError(
             f"decoupled units are for SGD (or Muon's SGD part) with a momentum in [0, 1), got "
             f"opt {config.opt}, momentum {config.momentum}"
-        )
-    if config.sched == "linear" and config.warmup_epochs > config.epochs:
-        raise UserError(
-            f"the linear schedule's peak (warmup_epochs {config.warmup_epochs}) must lie within "
-            f"the {config.epochs} epochs"
         )
     for key in ("lr_start_factor", "lr_end_factor", "whiten_bias_epochs", "muon_lr"):
         if not getattr(config, key) >= 0:
@@ -286,28 +292,65 @@ def _check_color_jitter(config: TrainConfig) -> TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _typed(name: str, value: Any, where: str) -> Any:
+    """`value` as field `name`'s type, or a one-line error: no silent coercion of "10" or
+    12.5 to an integer, no NaN or infinity, and "none" for an optional text setting is None."""
+    kind = str(FIELDS[name].type)
+    optional = "None" in kind
+    if value is None or (optional and "str" in kind and str(value).lower() in ("none", "null")):
+        if optional:
+            return None
+        raise UserError(f"{where}: {name} needs a value, got None")
+    if kind.startswith("list"):  # color_jitter: checked by _check_color_jitter
+        return value
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind.startswith("bool"):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif kind.startswith("int"):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind.startswith("float"):
+        ok, expected = is_number and math.isfinite(value), "a finite number"
+        value = float(value) if ok else value
+    else:
+        ok, expected = isinstance(value, str), "text"
+    if not ok:
+        hint = ""
+        if isinstance(value, str) and kind.startswith("float") and _looks_numeric(value):
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+        raise UserError(f"{where}: {name} must be {expected}, got {brief(value)}{hint}")
+    return value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def merge(config: TrainConfig, overrides: dict[str, Any], where: str) -> TrainConfig:
-    """`config` with `overrides` applied; unknown keys are an error naming `where`."""
-    unknown = sorted(set(overrides) - set(FIELDS))
+    """`config` with `overrides` applied; unknown keys and values of the wrong type are errors
+    naming `where`."""
+    unknown = sorted(str(key) for key in set(overrides) - set(FIELDS))
     if unknown:
         raise UserError(
-            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}"
+            f"{where}: unknown setting(s) {shorten(', '.join(unknown), 200)}; known: "
+            f"{', '.join(FIELDS)}"
         )
-    return _check(dataclasses.replace(config, **overrides))
+    typed = {name: _typed(name, value, where) for name, value in overrides.items()}
+    return _check(dataclasses.replace(config, **typed))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not path.exists():
+        raise UserError(f"{path}: no such config file")
+    content = read_yaml(path, "config file")
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a mapping of settings, got {type(content).__name__}")
+        raise UserError(f"{path}: expected a mapping of settings, got {brief(content)}")
     return content
 
 

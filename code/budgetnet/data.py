@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import tarfile
 from collections.abc import Callable
@@ -29,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetnet.errors import UserError
-from budgetnet.files import atomic_write
-from budgetnet.safe_pickle import safe_loads
+from budgetnet.errors import UserError, brief, shorten
+from budgetnet.files import atomic_write, read_regular_file
+from budgetnet.safe_pickle import MAX_FILE_BYTES, safe_loads
 
 IMAGE_SIZE = 32
+MAX_IMAGE_PIXELS = 4096 * 4096  # an image larger than this is refused before it is decoded
+MIN_STD = 1e-3  # the smallest per-channel std a normalisation may have (pixels in [0, 1])
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("train", "test")
 DATASET_NAMES = ("cifar10", "cifar100")
@@ -151,29 +154,68 @@ _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-pytho
 _CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
+# The files of the CIFAR python formats: the only archive members ever read.
+_CIFAR_MEMBERS = frozenset(
+    [
+        *(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        "train",
+        "test",
+        "meta",
+    ]
+)
+# Limits on reading an archive: the uncompressed bytes walked (CIFAR's are about 180 MB),
+# the headers walked (CIFAR's have 8 or 9 members) and any one member's size.
+MAX_ARCHIVE_BYTES = 1 << 30
+MAX_ARCHIVE_MEMBERS = 10_000
+MAX_MEMBER_BYTES = 256 << 20
+
+
 def _folder_reader(folder: Path) -> Callable[[str], bytes]:
     def read(name: str) -> bytes:
-        try:
-            return (folder / name).read_bytes()
-        except OSError as exc:
-            raise UserError(f"{folder / name}: cannot read ({exc.strerror})") from None
+        return read_regular_file(folder / name, MAX_FILE_BYTES, "CIFAR batch file")
 
     return read
 
 
 def _archive_members(path: Path) -> dict[str, bytes]:
-    """All regular files of a CIFAR archive, keyed by their name without the folder."""
+    """The CIFAR files of an archive, keyed by their name without the folder."""
     stat = path.stat()
     return _read_archive(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=1)  # a gzip stream must be read whole to list it: do it once
 def _read_archive(path: Path, size: int, mtime_ns: int) -> dict[str, bytes]:
+    """Walk the archive's headers once, reading only CIFAR's member names, each a regular file
+    (not sparse, not a link) below MAX_MEMBER_BYTES; the walk itself is bounded in bytes and
+    headers, so a small hostile archive cannot make it read gigabytes."""
+    members: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
-            return {Path(m.name).name: tar.extractfile(m).read() for m in tar if m.isfile()}
+            for count, member in enumerate(iter(tar.next, None), start=1):
+                # Checked before the next header is sought, which decompresses this member.
+                end = member.offset_data + member.size
+                if count > MAX_ARCHIVE_MEMBERS or end > MAX_ARCHIVE_BYTES:
+                    raise UserError(
+                        f"{path}: more than {MAX_ARCHIVE_MEMBERS:,} members or "
+                        f"{MAX_ARCHIVE_BYTES:,} bytes; not a CIFAR archive"
+                    )
+                tar.members.clear()  # the walk keeps no list of headers
+                name = Path(member.name).name
+                if name not in _CIFAR_MEMBERS or name in members:
+                    continue
+                if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                    raise UserError(f"{path}: member {member.name[:80]!r} is not a regular file")
+                if member.size > MAX_MEMBER_BYTES:
+                    raise UserError(
+                        f"{path}: member {member.name[:80]!r} has {member.size:,} bytes, more "
+                        f"than the {MAX_MEMBER_BYTES:,} a CIFAR file may have"
+                    )
+                members[name] = tar.extractfile(member).read(member.size)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable tar archive ({exc})") from None
+        raise UserError(f"{path}: not a readable tar archive ({shorten(str(exc))})") from None
+    return members
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -222,13 +264,22 @@ def decode_images(paths: list[str]) -> np.ndarray:
     out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # reads the header only
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise UserError(
+                        f"{path}: {image.width}x{image.height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} an image may have here"
+                    )
                 image = image.convert("RGB")
                 if image.size != (IMAGE_SIZE, IMAGE_SIZE):
                     image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
                 out[i] = np.asarray(image)
+        except Image.DecompressionBombError:  # PIL's own, larger limit, from the header
+            raise UserError(
+                f"{path}: more than the {MAX_IMAGE_PIXELS:,} pixels an image may have here"
+            ) from None
         except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise UserError(f"{path}: cannot decode image ({exc})") from None
+            raise UserError(f"{path}: cannot decode image ({shorten(str(exc))})") from None
     return out
 
 
@@ -263,7 +314,7 @@ def _read_image_folder(split_dir: Path, cache_dir: Path | None) -> ImageSet:
                 images = np.load(where / "images.npy")
                 if images.shape == (len(files), IMAGE_SIZE, IMAGE_SIZE, 3):
                     return ImageSet(images, labels, classes, source)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # no cache yet, or a stale or broken one: decode again
     images = _decode_parallel([str(split_dir / name) for name, _, _ in files])
     if where is not None:
@@ -501,9 +552,32 @@ class Normalization:
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
 
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (
+                not isinstance(values, tuple)
+                or len(values) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+                or not all(math.isfinite(v) for v in values)
+            ):
+                raise UserError(
+                    f"normalisation {name} must be 3 finite numbers, got {brief(values)}"
+                )
+        if not all(s >= MIN_STD for s in self.std):
+            raise UserError(
+                f"normalisation std {list(self.std)} has a value below {MIN_STD}: a model "
+                "trained with it would see saturated inputs (a degenerate release?)"
+            )
+
     @classmethod
     def from_dict(cls, data: dict) -> Normalization:
-        return cls(tuple(data["mean"]), tuple(data["std"]), data["source"])
+        if not isinstance(data, dict) or not {"mean", "std", "source"} <= data.keys():
+            raise UserError(f"normalisation needs mean, std and source, got {brief(data)}")
+        mean, std = data["mean"], data["std"]
+        if not isinstance(mean, list | tuple) or not isinstance(std, list | tuple):
+            raise UserError(f"normalisation mean and std must be lists, got {brief(mean)}")
+        return cls(tuple(mean), tuple(std), str(data["source"]))
 
 
 @dataclass

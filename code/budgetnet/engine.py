@@ -26,15 +26,15 @@ from torch import nn
 
 from budgetnet import checkpoint, runs
 from budgetnet.augment import BatchAugment, augmented_samples, make_batches, uses_device_batches
-from budgetnet.config import TrainConfig
+from budgetnet.config import TrainConfig, short_run_warmup
 from budgetnet.data import DataSplits, Normalization, load_splits
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, shorten
 from budgetnet.lookahead import Lookahead
 from budgetnet.models import ResNetSpec, build
 from budgetnet.optim import make_optimizer, make_schedule
 from budgetnet.plots import plot_history
 from budgetnet.predict import autocast, infer, resolve_device
-from budgetnet.runtime import amp_dtype, configure_cpu
+from budgetnet.runtime import amp_dtype, configure_cpu, precision_name
 from budgetnet.tracking import Tracker
 from budgetnet.whitening import init_whitening, sample_images
 
@@ -178,11 +178,9 @@ def init_model(model: nn.Module, spec: ResNetSpec, splits: DataSplits, seed: int
 def _setup_line(config: TrainConfig, device: torch.device) -> str:
     """Threads, allocator and precision, for the log (and the CPU set up on the way)."""
     parts = [configure_cpu(config.threads, config.mallopt)] if device.type == "cpu" else []
-    if amp_dtype(device, config.amp) is not None:
-        parts.append("bf16 autocast")
-    else:
-        native = "" if not config.amp else f" (this {device.type.upper()} has no native bf16)"
-        parts.append(f"float32{native}")
+    parts.append(precision_name(device, config.amp))
+    if config.amp and amp_dtype(device) is None:
+        parts[-1] += f" (this {device.type.upper()} has no native bf16)"
     return ", ".join(parts)
 
 
@@ -248,6 +246,9 @@ def fit(
     from torchvision.utils import save_image
     from tqdm import tqdm
 
+    config, note = short_run_warmup(config)
+    if note:
+        log(note)
     ddp = init_distributed(config.device)
     tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
     device = resolve_device(config.device)
@@ -293,16 +294,24 @@ def fit(
     stem_steps = round(config.whiten_bias_epochs * len(batches))  # the stem's bias trains
 
     start_epoch, best_acc, history = 0, -1.0, []
+    patience_left = config.patience
     if resume is not None:
         state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        if lookahead is not None:
-            lookahead.load_state_dict(state["lookahead"])
-        set_rng_state(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
-        start_epoch, best_acc = state["epoch"] + 1, state["best_acc"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.module.load_state_dict(state["ema"])
+            if lookahead is not None:
+                lookahead.load_state_dict(state["lookahead"])
+            set_rng_state(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
+            start_epoch, best_acc = int(state["epoch"]) + 1, float(state["best_acc"])
+            patience_left = int(state.get("patience_left", config.patience))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise UserError(
+                f"{run_dir / checkpoint.LAST_FILE}: not a resume state of this run "
+                f"({shorten(' '.join(str(exc).split()))})"
+            ) from None
         init_seconds = state.get("init_seconds", 0.0)
         history = [row for row in runs.read_history(run_dir) if row["epoch"] < start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
@@ -335,7 +344,6 @@ def fit(
             f"{'device-resident' if uses_device_batches(config) else 'worker'} batches, "
             f"{setup}; run directory {run_dir}"
         )
-    patience_left = config.patience
     with tracker.run(run_dir, history, parameters, resumed=resume is not None):
         for epoch in range(start_epoch, config.epochs):
             model.train()
@@ -432,6 +440,7 @@ def fit(
                         "rng": state_rng,
                         "epoch": epoch,
                         "best_acc": best_acc,
+                        "patience_left": patience_left,
                         "init_seconds": init_seconds,
                     },
                 )

@@ -21,9 +21,10 @@ from budgetnet.checkpoint import Release, load_release
 from budgetnet.complexity import markdown_table
 from budgetnet.corruptions import CORRUPTIONS, corrupt
 from budgetnet.data import ImageSet, load_split, load_splits, split_train_val
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, positive_int
 from budgetnet.files import atomic_write
 from budgetnet.predict import infer, resolve_device, tta_views
+from budgetnet.runtime import precision_name
 
 ECE_BINS = 15  # Guo et al. (2017)
 # Images per forward pass: on 2 CPU cores, batches of 64-128 label about 1.45x faster than
@@ -53,14 +54,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_checkpoint: str
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=BATCH_SIZE,
         help=f"images per forward pass (default {BATCH_SIZE})",
     )
     parser.add_argument(
         "--fp32",
         action="store_true",
-        help="run in float32 instead of bf16 autocast (slower, for comparison)",
+        help="run in float32 even where the device computes bf16 natively (for comparison)",
     )
 
 
@@ -366,7 +367,7 @@ def evaluate(
         "images": len(images),
         "classes": ensemble.classes,
         "device": str(device),
-        "precision": "bf16 autocast" if amp else "fp32",
+        "precision": precision_name(device, amp),
         "tta": rows,
         "main_tta": main,
         "per_class": per_class_metrics(probs, images.labels, ensemble.classes),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from budgetnet.data import IMAGE_SIZE, ImageSet
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, brief
 from budgetnet.files import atomic_write
 from budgetnet.safe_pickle import safe_load
 
@@ -39,7 +39,7 @@ def _get(payload: dict, key: str, path: Path):
     for k in (key.encode(), key):
         if k in payload:
             return payload[k]
-    found = ", ".join(repr(k) for k in list(payload)[:6]) or "none"
+    found = ", ".join(brief(k, 30) for k in list(payload)[:6]) or "none"
     raise UserError(f"{path}: missing key b'{key}' (keys found: {found})")
 
 
@@ -70,9 +70,7 @@ def _ids_from(ids, count: int, path: Path) -> np.ndarray:
             bad = next(
                 i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)
             )
-            raise UserError(
-                f"{path}: b'ids' holds {bad!r} ({type(bad).__name__}); ids must be integers"
-            )
+            raise UserError(f"{path}: b'ids' holds {brief(bad)}; ids must be integers")
         try:
             ids = np.asarray(ids, dtype=np.int64)
         except OverflowError:
@@ -106,9 +104,7 @@ def read_unlabeled_pickle(path: str | Path) -> UnlabeledSet:
     path = Path(path)
     payload = safe_load(path)
     if not isinstance(payload, dict):
-        raise UserError(
-            f"{path}: holds a {type(payload).__name__}, expected a dict with b'data' and b'ids'"
-        )
+        raise UserError(f"{path}: holds {brief(payload)}, expected a dict with b'data' and b'ids'")
     images = _images_from(_get(payload, "data", path), path)
     if len(images) == 0:
         raise UserError(f"{path}: holds no images")

@@ -15,6 +15,7 @@ from budgetnet.augment import BatchAugment, make_batches
 from budgetnet.config import TrainConfig
 from budgetnet.data import DataSplits
 from budgetnet.engine import make_loss, seed_everything, train_step
+from budgetnet.errors import UserError
 from budgetnet.models import ResNetSpec, build
 from budgetnet.optim import make_optimizer
 from budgetnet.predict import resolve_device
@@ -40,6 +41,11 @@ def lr_range_test(
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     batches = make_batches(splits.train.images, splits.train.labels, config, device)
+    if len(batches) == 0:  # the loop below would never take a step
+        raise UserError(
+            f"{len(splits.train)} training images make no batch of {config.batch_size}; "
+            "lower --batch-size"
+        )
     augment = BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device)
     loss_fn = make_loss(config)
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, brief, shorten
 
 BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9", "fast")
 STEMS = ("cifar", "imagenet", "whiten")
@@ -29,6 +29,8 @@ STEMS = ("cifar", "imagenet", "whiten")
 WHITEN_KERNEL = 2
 WHITEN_CHANNELS = 2 * 3 * WHITEN_KERNEL**2
 SHORTCUTS = ("projection", "identity")
+MAX_CHANNELS = 8192  # per stage (and classes); with MAX_BLOCKS, a cap for specs read from files
+MAX_BLOCKS = 256  # units per stage, and stages
 POOL_TYPES = ("avg", "max")
 
 
@@ -103,14 +105,25 @@ class ResNetSpec:
             scalars.append(("stem_channels", 1))
         for name, minimum in scalars:
             if not _ints_at_least((value := getattr(self, name),), minimum):
-                raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+                raise UserError(f"{name} must be an integer >= {minimum}, got {brief(value)}")
+        # Far beyond any network here; a spec read from a file cannot ask for terabytes.
+        for name, values, cap in [
+            ("blocks", self.blocks, MAX_BLOCKS), ("channels", self.channels, MAX_CHANNELS),
+            ("stages", (len(self.blocks),), MAX_BLOCKS), ("kernel", (self.kernel,), 31),
+            ("num_classes", (self.num_classes,), MAX_CHANNELS),
+            ("input_size", (self.input_size,), 1024), ("expansion", (self.expansion,), 16),
+            ("stem_channels", (self.stem_channels or 1,), MAX_CHANNELS),
+            ("strides", self.stage_strides, 64), ("pool", (self.pool,), 1024),
+        ]:  # fmt: skip
+            if max(values) > cap:
+                raise UserError(f"{name} {list(values)} exceeds the limit of {cap}")
         if self.stem == "whiten" and self.stem_channels not in (None, WHITEN_CHANNELS):
             raise UserError(
                 f"the whitening stem has 2*3*{WHITEN_KERNEL}^2 = {WHITEN_CHANNELS} channels, "
                 f"got stem_channels {self.stem_channels}"
             )
         if type(self.head_bias) is not bool:
-            raise UserError(f"head_bias must be true or false, got {self.head_bias!r}")
+            raise UserError(f"head_bias must be true or false, got {brief(self.head_bias)}")
         for name, low, high in [("bn_momentum", 0.0, 1.0), ("logit_scale", 0.0, 1e6)]:
             value = getattr(self, name)
             if (
@@ -118,13 +131,15 @@ class ResNetSpec:
                 or not isinstance(value, int | float)
                 or not low < value <= high
             ):
-                raise UserError(f"{name} must be a number in ({low:g}, {high:g}], got {value!r}")
+                raise UserError(
+                    f"{name} must be a number in ({low:g}, {high:g}], got {brief(value)}"
+                )
         if self.kernel % 2 == 0:
             raise UserError(f"kernel must be odd so padding keeps the map size, got {self.kernel}")
         for name in ("dropout", "head_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise UserError(f"{name} must be a number in [0, 1), got {value!r}")
+                raise UserError(f"{name} must be a number in [0, 1), got {brief(value)}")
         self.plan  # noqa: B018 - laying out the layers checks map sizes, the pool and shortcuts
 
     @property
@@ -150,7 +165,9 @@ class ResNetSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UserError(f"unknown model spec keys {unknown}; known: {sorted(known)}")
+            raise UserError(
+                f"unknown model spec keys {shorten(str(unknown))}; known: {sorted(known)}"
+            )
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(d))
         if missing:
@@ -160,7 +177,7 @@ class ResNetSpec:
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-        raise UserError(f"{name} must be a list of integers, got {value!r}")
+        raise UserError(f"{name} must be a list of integers, got {brief(value)}")
     return tuple(value)
 
 
@@ -674,7 +691,7 @@ def list_presets() -> list[str]:
 
 def get_preset(name: str) -> ResNetSpec:
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {shorten(repr(name))}; known: {', '.join(PRESETS)}")
     return PRESETS[name].spec
 
 

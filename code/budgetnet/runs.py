@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from budgetnet.errors import UserError
-from budgetnet.files import atomic_write
+from budgetnet.errors import UserError, brief, shorten
+from budgetnet.files import atomic_write, read_yaml
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -59,6 +59,8 @@ def git_revision() -> str | None:
 def provenance(seed: int, argv: list[str] | None = None) -> dict:
     import torch
 
+    from budgetnet.runtime import cpu_model
+
     return {
         "seed": seed,
         "git_revision": git_revision(),
@@ -67,6 +69,7 @@ def provenance(seed: int, argv: list[str] | None = None) -> dict:
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
     }
 
 
@@ -81,10 +84,17 @@ def write_config(run_dir: Path, config: dict) -> None:
 
 
 def read_config(run_dir: Path) -> dict:
-    try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text())
-    except FileNotFoundError:
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml)") from None
+    """A run's config.yaml, checked to hold the `config` and `model` mappings it must."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    saved = read_yaml(path, "config.yaml")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: holds {brief(saved)}, expected the run's settings")
+    missing = [k for k in ("config", "model") if not isinstance(saved.get(k), dict)]
+    if missing:
+        raise UserError(f"{path}: has no {' or '.join(missing)} settings (not a finished setup?)")
+    return saved
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:
@@ -98,11 +108,14 @@ def read_history(run_dir: Path) -> list[dict]:
     path = run_dir / "history.csv"
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return [
-            {k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
+    try:
+        with path.open(newline="") as handle:
+            return [
+                {k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
+                for row in csv.DictReader(handle)
+            ]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable history ({shorten(str(exc))})") from None
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -38,6 +40,22 @@ def bf16_native(device_type: str) -> bool:
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     """bf16 when asked for and native on `device`; None means float32."""
     return torch.bfloat16 if enabled and bf16_native(device.type) else None
+
+
+def precision_name(device: torch.device, amp: bool = True) -> str:
+    """How `infer()` and training compute on `device` with `amp` asked for (for logs, reports)."""
+    return "bf16 autocast" if amp_dtype(device, amp) else "float32"
+
+
+def cpu_model() -> str:
+    """The processor's name (for provenance and benchmark headers)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_count() -> int:

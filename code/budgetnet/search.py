@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from budgetnet.complexity import count_flops, count_params, markdown_table
-from budgetnet.errors import UserError
+from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write
 from budgetnet.models import ResNetSpec
 
@@ -42,17 +42,18 @@ class Grid:
     kernels: tuple[int, ...] = (3, 5)
     pools: tuple[int, ...] = (1, 2, 4, 8)  # head pool windows (0 = global)
     block: str = "basic"
+    stem: str = "cifar"
     shortcut: str = "projection"
     num_classes: int = 10
     input_size: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
-            raise UserError(f"stages must be an integer >= 1, got {self.stages!r}")
+            raise UserError(f"stages must be an integer >= 1, got {brief(self.stages)}")
         for name in ("blocks", "widths", "kernels", "pools"):
             values = getattr(self, name)
             if isinstance(values, str) or not hasattr(values, "__iter__") or not values:
-                raise UserError(f"grid {name} must be a non-empty list, got {values!r}")
+                raise UserError(f"grid {name} must be a non-empty list, got {brief(values)}")
             object.__setattr__(self, name, tuple(values))
 
     @classmethod
@@ -82,6 +83,7 @@ class Grid:
                 kernel=kernel,
                 pool=pool,
                 block=self.block,
+                stem=self.stem,
                 shortcut=self.shortcut,
                 num_classes=self.num_classes,
                 input_size=self.input_size,
@@ -93,7 +95,7 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read grid {path}: {exc}") from exc
+        raise UserError(f"cannot read grid {path}: {shorten(str(exc))}") from None
     if not isinstance(data, dict):
         raise UserError(
             f"grid {path} must be a YAML mapping of grid keys, got {type(data).__name__}"

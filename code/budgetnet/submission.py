@@ -6,27 +6,38 @@ An answer key has the same format as a submission, so one reader serves both.
 from __future__ import annotations
 
 import csv
+import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from budgetnet.errors import UserError
-from budgetnet.files import atomic_write
+from budgetnet.errors import UserError, shorten
+from budgetnet.files import atomic_write, read_regular_file
 
 HEADER = ("ID", "Labels")
-_INTEGER = re.compile(r"-?\d+")
+# ASCII digits only ("\d" would accept Arabic-Indic or fullwidth digits, which Kaggle does not),
+# and at most 18 of them, so every value fits in 64 bits.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+MAX_CSV_BYTES = 256 << 20  # far above any CIFAR-style submission (10,000 rows: ~100 KB)
 
 
-def write_submission(path: str | Path, ids: np.ndarray, labels: np.ndarray) -> Path:
-    """Rows `ID,Labels` with the ids exactly as given, in their order, and integer labels."""
+def write_submission(
+    path: str | Path,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Rows `ID,Labels` with the ids exactly as given, in their order, and integer labels.
+    `check` sees the finished file before it replaces `path` (see `atomic_write`)."""
     ids, labels = np.asarray(ids), np.asarray(labels)
     if ids.shape != labels.shape or ids.ndim != 1:
         raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be equal 1-D shapes")
     if ids.dtype.kind not in "iu" or labels.dtype.kind not in "iu":
         raise ValueError(f"ids ({ids.dtype}) and labels ({labels.dtype}) must be integers")
-    with atomic_write(path, newline="") as handle:
+    with atomic_write(path, newline="", check=check) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(HEADER)
         writer.writerows(zip(ids.tolist(), labels.tolist(), strict=True))
@@ -37,22 +48,24 @@ def read_submission(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of a submission or answer key, refusing anything that is not `ID,Labels`
     followed by rows of two integers."""
     path = Path(path)
+    raw = read_regular_file(path, MAX_CSV_BYTES, "submission CSV")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate Excel's BOM
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{path}: cannot read as CSV ({exc})") from None
+        text = raw.decode("utf-8-sig")  # tolerate Excel's BOM
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read as CSV ({shorten(str(exc))})") from None
     if not rows:
         raise UserError(f"{path}: empty file, expected the header {','.join(HEADER)}")
     if tuple(c.strip() for c in rows[0]) != HEADER:
-        raise UserError(f"{path}: header is {','.join(rows[0])!r}, expected {','.join(HEADER)!r}")
+        raise UserError(
+            f"{path}: header is {shorten(','.join(rows[0]))!r}, expected {','.join(HEADER)!r}"
+        )
     body = [row for row in rows[1:] if row]  # a trailing blank line is harmless
     for line, row in enumerate(body, start=2):
         if len(row) != 2 or not all(_INTEGER.fullmatch(c.strip()) for c in row):
             raise UserError(
-                f"{path}: line {line} is {','.join(row)!r}, expected two integers ID,Labels"
+                f"{path}: line {line} is {shorten(','.join(row))!r}, expected two integers "
+                "ID,Labels (ASCII digits, at most 18)"
             )
     if not body:
         raise UserError(f"{path}: has a header but no rows")

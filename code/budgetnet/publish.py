@@ -1,0 +1,254 @@
+"""Publishing a run: its release becomes `trained_model/` (what `inference.py` loads by default),
+its curves and test-split figures go to `plots/`, and `docs/results.md` gains its row.
+
+    python code/publish.py runs/<name> --data ../shared/data/cifar10
+
+The row is built only from files the run and the evaluation wrote (config.yaml, results.json,
+the evaluation report), so every figure in docs/results.md comes from a command. Rows are
+kept in docs/results/runs.json, one per run directory name; `--row-only` adds a run's row
+without publishing its model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from budgetnet import checkpoint, runs
+from budgetnet.complexity import count_flops, count_params, markdown_table
+from budgetnet.corruptions import DEFAULT_SEVERITIES
+from budgetnet.errors import UserError
+from budgetnet.evaluation import evaluate, labeled_split, load_ensemble, write_json, write_markdown
+from budgetnet.files import atomic_write
+from budgetnet.models import ResNetSpec
+from budgetnet.report_plots import write_plots
+from budgetnet.runtime import cpu_model
+
+RUN_FILES = ("config.yaml", "history.csv", "results.json")
+CURVES = ("loss_curve.png", "accuracy_curve.png", "lr_curve.png")
+ROWS_FILE = "runs.json"
+
+
+def _replace_folder(staged: Path, out: Path) -> None:
+    """Put the folder `staged` where `out` is, never leaving `out` half-written."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_run(run_dir: Path) -> None:
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    if not (run_dir / checkpoint.BEST_DIR / checkpoint.META_FILE).is_file():
+        missing.append(f"{checkpoint.BEST_DIR}/{checkpoint.META_FILE}")
+    if missing:
+        raise UserError(
+            f"{run_dir}: not a finished run (missing {', '.join(missing)}); publish a run "
+            "directory that `python code/train.py` completed"
+        )
+
+
+def publish_release(run_dir: Path, out: Path) -> Path:
+    """Copy the run's release (its best model) to `out` with the test metrics and a record of
+    the publishing; the folder is staged beside `out` and renamed into place."""
+    check_run(run_dir)
+    release = checkpoint.load_release(run_dir)  # refuses a release that does not load
+    results = json.loads((run_dir / "results.json").read_text())
+    meta = dict(release.meta)
+    meta["metrics"] = {**meta["metrics"], **{k: v for k, v in results.items() if k != "run_dir"}}
+    meta["provenance"] = {
+        **meta["provenance"],
+        "published": {
+            **runs.provenance(meta["provenance"].get("seed", 0)),
+            "from_run": run_dir.name,
+        },
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        shutil.copyfile(release.path / checkpoint.WEIGHTS_FILE, staged / checkpoint.WEIGHTS_FILE)
+        (staged / checkpoint.META_FILE).write_text(json.dumps(meta, indent=2))
+        staged.chmod(0o755)  # mkdtemp makes it private
+        checkpoint.load_release(staged)  # what inference will load, checked before it is live
+        _replace_folder(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return out
+
+
+def evaluate_release(
+    folder: Path, data: str | None, report_dir: Path, plots_dir: Path, corruption_images: int
+) -> dict:
+    """The test split at TTA 0, 1 and 2 plus the corruption sweep (at TTA 2, on a stratified
+    sample); the report and figures are written, the report returned."""
+    device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
+    ensemble = load_ensemble([folder], device)
+    images = labeled_split(ensemble, "test", data)
+    result = evaluate(
+        ensemble,
+        images,
+        split="test",
+        tta_levels=[0, 1, 2],
+        batch_size=128,
+        device=device,
+        corruptions=[],
+        severities=list(DEFAULT_SEVERITIES),
+        corruption_images=corruption_images,
+    )
+    plots = write_plots(result, plots_dir, "test")
+    write_json(report_dir / "evaluation-test.json", result.report)
+    write_markdown(report_dir / "evaluation-test.md", result.report, plots)
+    return result.report
+
+
+def run_row(run_dir: Path, report: dict) -> dict:
+    """One row of the results table, from the run's own files and its evaluation report."""
+    config = runs.read_config(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    spec = ResNetSpec.from_dict(config["model"])
+    provenance = config.get("provenance", {})
+    sweep = report["corruptions"]
+    return {
+        "run": run_dir.name,
+        "model": f"{spec.block} {list(spec.blocks)} {list(spec.channels)} stem {spec.stem}",
+        "parameters": count_params(spec),
+        "flops": count_flops(spec).flops,
+        "epochs": results["epochs_run"],
+        "train_seconds": results["train_seconds"],
+        "device": provenance.get("cpu") or f"CPU, model not recorded (published on {cpu_model()})",
+        "val_size": config["config"]["val_size"],
+        "val_acc": results.get("val_acc"),
+        "test_acc": {str(row["level"]): row["accuracy"] for row in report["tta"]},
+        "corruptions": {
+            name: statistics.mean(by_severity.values())
+            for name, by_severity in sweep["accuracy"].items()
+        },
+        "corruption_images": sweep["images"],
+        "corruption_clean": sweep["clean_accuracy"],
+        "command": provenance.get("command"),
+        "git_revision": provenance.get("git_revision"),
+        "seed": config["config"]["seed"],
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> str:
+    main = [
+        (
+            r["run"], r["model"], r["parameters"], r["flops"], r["epochs"],
+            round(r["train_seconds"]), r["device"],
+            _pct(r["val_acc"]) if r["val_size"] else "none held out",
+            *(_pct(r["test_acc"].get(level)) for level in ("0", "1", "2")),
+        )
+        for r in rows
+    ]  # fmt: skip
+    names = list(rows[0]["corruptions"]) if rows else []
+    robust = [
+        (
+            r["run"], r["corruption_images"], _pct(r["corruption_clean"]),
+            *(_pct(r["corruptions"][n]) for n in names),
+            _pct(statistics.mean(r["corruptions"].values())),
+        )
+        for r in rows
+    ]  # fmt: skip
+    lines = [
+        "# Results",
+        "",
+        f"Written by `python code/publish.py` (last: `{' '.join(argv)}`, "
+        f"{datetime.date.today()}); every figure comes from the run's own files and the "
+        "evaluation below. Test accuracy is on CIFAR-10's 10,000 test images of the shared JPEG "
+        "copy; no checkpoint was chosen on them.",
+        "",
+        f"The release in `trained_model/` is **{release}**." if release else "",
+        "",
+        markdown_table(
+            [
+                "run",
+                "model",
+                "parameters",
+                "FLOPs/image",
+                "epochs",
+                "train s",
+                "trained on",
+                "val acc (%)",
+                "test TTA 0 (%)",
+                "TTA 1 (%)",
+                "TTA 2 (%)",
+            ],
+            main,
+        ),  # fmt: skip
+        "",
+        f"Accuracy (%) under corruptions at TTA 2, the mean over severities "
+        f"{', '.join(map(str, DEFAULT_SEVERITIES))}, on a stratified sample of the test split "
+        "(`code/evaluate.py --corruptions`):",
+        "",
+        markdown_table(["run", "images", "clean", *names, "mean"], robust),
+        "",
+        "## Commands",
+        "",
+        *(f"- {r['run']} (seed {r['seed']}, {r['git_revision']}): `{r['command']}`" for r in rows),
+        "",
+        "The release run's `config.yaml` and `history.csv`, and its evaluation report, are in "
+        "[results/](results/); its figures are in [plots/](../plots/).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def record_row(results_dir: Path, row: dict) -> list[dict]:
+    """Add (or replace) a run's row in results_dir/runs.json; returns every row."""
+    path = results_dir / ROWS_FILE
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows = [r for r in rows if r["run"] != row["run"]] + [row]
+    write_json(path, rows)
+    return rows
+
+
+def publish(
+    run_dir: Path,
+    *,
+    out: Path,
+    plots_dir: Path,
+    results_md: Path,
+    data: str | None,
+    corruption_images: int,
+    row_only: bool = False,
+    argv: list[str] | None = None,
+) -> list[dict]:
+    check_run(run_dir)
+    results_dir = results_md.with_suffix("")  # docs/results.md -> docs/results/
+    if row_only:
+        report_dir = results_dir / run_dir.name
+        report = evaluate_release(
+            run_dir / checkpoint.BEST_DIR, data, report_dir, report_dir, corruption_images
+        )
+    else:
+        publish_release(run_dir, out)
+        report = evaluate_release(out, data, results_dir, plots_dir, corruption_images)
+        for name in RUN_FILES:
+            shutil.copyfile(run_dir / name, results_dir / name)
+        for name in CURVES:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, plots_dir / name)
+    rows = record_row(results_dir, run_row(run_dir, report))
+    release = None
+    if (out / checkpoint.META_FILE).is_file():
+        meta = json.loads((out / checkpoint.META_FILE).read_text())
+        release = meta["provenance"].get("published", {}).get("from_run")
+    with atomic_write(results_md) as handle:
+        handle.write(results_markdown(rows, release, argv or sys.argv))
+    return rows

@@ -1,0 +1,140 @@
+"""The fast preset end to end at tiny size, publishing a run, and the release shipped in
+trained_model/ (it loads, is what inference.py uses by default, and labels real test images)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from budgetnet.checkpoint import load_release
+from budgetnet.complexity import count_params
+from budgetnet.data import load_split
+from budgetnet.kaggle import kaggle_style, write_unlabeled_pickle
+from budgetnet.submission import read_submission
+from publish import main as publish_main
+
+from cifar_files import write_cifar10
+from conftest import REPO
+
+SHIPPED = REPO / "trained_model"
+# The fast preset with narrow stages and a short schedule: every part of the recipe still runs
+# (whitening init, frozen stem bias after one epoch, Lookahead, altflip, TTA 2).
+TINY_FAST = [
+    "--preset", "fast", "--channels", "8", "16", "16", "--epochs", "2", "--batch-size", "32",
+    "--val-size", "40", "--warmup-epochs", "0.5", "--whiten-bias-epochs", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar")
+    write_cifar10(folder, per_batch=40, test_count=50)  # 200 train, 50 test images
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fast_run(cifar, tmp_path_factory):
+    """A finished tiny run of the fast preset (shared by the publishing tests)."""
+    run = tmp_path_factory.mktemp("runs") / "fast-tiny"
+    result = subprocess.run(
+        [sys.executable, "code/train.py", *TINY_FAST, "--data", str(cifar), "--run-dir", str(run)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, result.stdout
+
+
+def test_fast_preset_runs_its_whole_recipe(fast_run):
+    run, stdout = fast_run
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["stem"] == "whiten" and config["model"]["block"] == "fast"
+    assert config["config"]["lookahead"] == 5 and config["config"]["altflip"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs_run"] == 2 and results["init_seconds"] > 0
+    assert results["train_seconds"] >= results["init_seconds"]
+    assert {"test_acc_tta0", "test_acc_tta2", "val_acc"} <= results.keys()
+    assert "CPU thread" in stdout  # the setup line: threads, allocator, precision
+    release = load_release(run)
+    stem = release.model.stem.conv
+    assert not stem.weight.requires_grad  # the whitening filters stay as initialised
+    assert release.meta["provenance"]["cpu"]
+
+
+def test_publish_makes_the_release_plots_and_results_table(fast_run, cifar, tmp_path):
+    run, _ = fast_run
+    out, plots, results = tmp_path / "trained_model", tmp_path / "plots", tmp_path / "results.md"
+    common = ["--out", str(out), "--plots-dir", str(plots), "--results", str(results)]
+    assert publish_main([str(run), *common, "--corruption-images", "20"]) == 0
+    release = load_release(out)
+    assert release.meta["weights_dtype"] == "float16"
+    assert release.meta["provenance"]["published"]["from_run"] == "fast-tiny"
+    assert "test_acc_tta2" in release.meta["metrics"]
+    for name in ("loss_curve.png", "accuracy_curve.png", "lr_curve.png", "test-confusion.png"):
+        assert (plots / name).stat().st_size > 0, name
+    folder = tmp_path / "results"
+    assert {"config.yaml", "history.csv", "evaluation-test.json", "runs.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    rows = json.loads((folder / "runs.json").read_text())
+    report = json.loads((folder / "evaluation-test.json").read_text())
+    assert len(rows) == 1 and rows[0]["test_acc"]["2"] == report["tta"][-1]["accuracy"]
+    assert len(rows[0]["corruptions"]) == 8 and rows[0]["corruption_images"] == 20
+    text = results.read_text()
+    assert "The release in `trained_model/` is **fast-tiny**" in text and "| fast-tiny" in text
+
+    # Publishing again replaces the release and keeps one row per run; --row-only adds a row.
+    assert publish_main([str(run), *common, "--corruption-images", "20"]) == 0
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    assert publish_main([str(other), *common, "--corruption-images", "20", "--row-only"]) == 0
+    assert [r["run"] for r in json.loads((folder / "runs.json").read_text())] == [
+        "fast-tiny",
+        "copy",
+    ]
+    assert load_release(out).meta["provenance"]["published"]["from_run"] == "fast-tiny"
+    assert not list(tmp_path.glob(".trained_model*"))  # no staged folder left behind
+
+
+def test_publish_refuses_an_unfinished_run(tmp_path, run_script):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("config: {}\n")
+    result = run_script("code/publish.py", str(tmp_path / "run"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "not a finished run" in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_shipped_release_is_fp16_within_budget_and_used_by_default(tmp_path, run_script):
+    release = load_release(SHIPPED)
+    assert release.meta["weights_dtype"] == "float16"
+    assert count_params(release.model.spec) <= 5_000_000
+    provenance = release.meta["provenance"]
+    assert provenance["git_revision"] and provenance["command"] and provenance["published"]["cpu"]
+    ids = np.array([7, 3, 11, 5])
+    pkl = tmp_path / "test.pkl"
+    images = np.broadcast_to(np.arange(4, dtype=np.uint8)[:, None, None, None] * 60, (4, 32, 32, 3))
+    write_unlabeled_pickle(pkl, np.ascontiguousarray(images), ids)
+    out = tmp_path / "submission.csv"
+    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(out))  # no --checkpoint
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained_model" in result.stdout
+    assert list(read_submission(out)[0]) == list(ids)
+
+
+@pytest.mark.data
+def test_shipped_release_labels_real_test_images(shared_cifar10, tmp_path, run_script):
+    test = load_split(shared_cifar10, "test")
+    images, ids, labels = kaggle_style(test.subset(np.arange(0, len(test), 20)), seed=0)
+    pkl, out = tmp_path / "test.pkl", tmp_path / "submission.csv"
+    write_unlabeled_pickle(pkl, images, ids)
+    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(out), "--tta", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written_ids, predicted = read_submission(out)
+    assert list(written_ids) == list(ids)
+    accuracy = float((np.asarray(predicted) == labels).mean())
+    assert accuracy > 0.85, accuracy  # 500 test images; the release scores about 90% at TTA 0
