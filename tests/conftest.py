@@ -25,6 +25,17 @@ def shared_cifar10() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    """CIFAR-10 python batches with 200 training and 50 test images (a module may define its
+    own `cifar` of another size)."""
+    from cifar_files import write_cifar10
+
+    folder = tmp_path_factory.mktemp("cifar")
+    write_cifar10(folder, per_batch=40, test_count=50)
+    return folder
+
+
 @pytest.fixture
 def run_script(tmp_path):
     """Run a repository script as a user would, from the repository root; returns the result.

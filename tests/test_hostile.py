@@ -42,7 +42,7 @@ from budgetnet.submission import check_submission, read_submission, write_submis
 from test_evaluate import NORM, save_random_release
 from test_train import TINY, tiny_config
 
-from cifar_files import CIFAR10_CLASSES, random_images, write_cifar10
+from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
 
 FUZZ = settings(
@@ -51,13 +51,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 SMALL = ResNetSpec((1, 1), (8, 16))
-
-
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cifar")
-    write_cifar10(folder, per_batch=40, test_count=50)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -202,13 +195,20 @@ def test_deeply_nested_ids_are_refused_without_recursion():
     refused(lambda: safe_loads(nested), "nested more than")
 
 
-def test_release_spec_asking_for_huge_layers_is_refused_before_allocating(tmp_path, release):
-    folder = tmp_path / "huge"
+def edited_release(release, folder, edit):
+    """A copy of `release` whose model.json went through `edit(meta)`."""
     folder.mkdir()
     (folder / WEIGHTS_FILE).write_bytes((release / WEIGHTS_FILE).read_bytes())
     meta = json.loads((release / META_FILE).read_text())
-    meta["spec"]["channels"] = [10**9, 10**9]
+    edit(meta)
     (folder / META_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def test_release_spec_asking_for_huge_layers_is_refused_before_allocating(tmp_path, release):
+    folder = edited_release(
+        release, tmp_path / "huge", lambda meta: meta["spec"].update(channels=[10**9, 10**9])
+    )
     refused(lambda: load_release(folder), "exceeds the limit")
 
 
@@ -225,12 +225,9 @@ def test_nan_weights_are_refused(tmp_path):
 
 
 def test_degenerate_normalisation_is_refused(tmp_path, release):
-    folder = tmp_path / "std0"
-    folder.mkdir()
-    (folder / WEIGHTS_FILE).write_bytes((release / WEIGHTS_FILE).read_bytes())
-    meta = json.loads((release / META_FILE).read_text())
-    meta["normalization"]["std"] = [0.0, 0.0, 0.0]
-    (folder / META_FILE).write_text(json.dumps(meta))
+    folder = edited_release(
+        release, tmp_path / "std0", lambda meta: meta["normalization"].update(std=[0.0] * 3)
+    )
     refused(lambda: load_release(folder), "normalisation std")
 
 

@@ -19,7 +19,6 @@ from budgetnet.kaggle import kaggle_style, write_unlabeled_pickle
 from budgetnet.submission import read_submission
 from publish import main as publish_main
 
-from cifar_files import write_cifar10
 from conftest import REPO
 
 SHIPPED = REPO / "trained_model"
@@ -29,13 +28,6 @@ TINY_FAST = [
     "--preset", "fast", "--channels", "8", "16", "16", "--epochs", "2", "--batch-size", "32",
     "--val-size", "40", "--warmup-epochs", "0.5", "--whiten-bias-epochs", "1",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cifar")
-    write_cifar10(folder, per_batch=40, test_count=50)  # 200 train, 50 test images
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,7 @@ from budgetnet.config import TrainConfig
 from budgetnet.errors import UserError
 from budgetnet.models import ResNetSpec
 
-from cifar_files import write_cifar10
-
 SPEC = ResNetSpec((1,), (8,))
-
-
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cifar")
-    write_cifar10(folder, per_batch=40, test_count=50)  # 200 train, 50 test images
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from budgetnet import checkpoint, runs
 from budgetnet.complexity import count_flops, count_params, markdown_table
 from budgetnet.corruptions import DEFAULT_SEVERITIES
@@ -28,6 +26,7 @@ from budgetnet.errors import UserError
 from budgetnet.evaluation import evaluate, labeled_split, load_ensemble, write_json, write_markdown
 from budgetnet.files import atomic_write
 from budgetnet.models import ResNetSpec
+from budgetnet.predict import resolve_device
 from budgetnet.report_plots import write_plots
 from budgetnet.runtime import cpu_model
 
@@ -93,7 +92,7 @@ def evaluate_release(
 ) -> dict:
     """The test split at TTA 0, 1 and 2 plus the corruption sweep (at TTA 2, on a stratified
     sample); the report and figures are written, the report returned."""
-    device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
+    device = resolve_device("auto")
     ensemble = load_ensemble([folder], device)
     images = labeled_split(ensemble, "test", data)
     result = evaluate(
