@@ -5,7 +5,7 @@
         --save-probs --submit -m "ResNet-24, TTA 2"
 
 The models are rebuilt from the spec stored with their weights and fed through the same
-preprocessing and prediction function as in training and evaluation (`budgetnet.predict.infer`).
+preprocessing and prediction function as in training and evaluation (`budgetnet.evaluation.infer.infer`).
 The CSV is written atomically and checked against the pickle before anything is uploaded.
 """
 
@@ -20,19 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "code"))  # works witho
 
 import numpy as np  # noqa: E402
 
+from budgetnet.data.kaggle import read_unlabeled_pickle  # noqa: E402
 from budgetnet.errors import ArgumentParser, UserError, run_cli  # noqa: E402
-from budgetnet.evaluation import (  # noqa: E402
+from budgetnet.evaluation.infer import TTA_LEVELS  # noqa: E402
+from budgetnet.evaluation.report import (  # noqa: E402
     add_model_arguments,
     device_from_arg,
     load_ensemble,
     view_count,
 )
 from budgetnet.files import atomic_write, distinct_paths  # noqa: E402
-from budgetnet.kaggle import read_unlabeled_pickle  # noqa: E402
-from budgetnet.kaggle_cli import COMPETITION_ENV, submit  # noqa: E402
-from budgetnet.predict import TTA_LEVELS  # noqa: E402
 from budgetnet.runtime import precision_name  # noqa: E402
-from budgetnet.submission import check_submission, write_submission  # noqa: E402
+from budgetnet.submission.csv_file import check_submission, write_submission  # noqa: E402
+from budgetnet.submission.upload import COMPETITION_ENV, submit  # noqa: E402
 
 
 def write_probs(path: Path, probs: np.ndarray, ids: np.ndarray, classes: list[str]) -> None:

@@ -39,11 +39,10 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from budgetnet.config import PRESETS, TrainConfig, merge
-    from budgetnet.models import create_model
-    from budgetnet.optim import make_optimizer
-    from budgetnet.predict import autocast
-    from budgetnet.runtime import configure_cpu
+    from budgetnet.models.resnet import create_model
+    from budgetnet.runtime import autocast, configure_cpu
+    from budgetnet.training.config import PRESETS, TrainConfig, merge
+    from budgetnet.training.optim import make_optimizer
 
     mallopt, compiled, channels_last, batch, muon = VARIANTS[variant]
     configure_cpu(0, allocator=mallopt)

@@ -32,9 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
-from budgetnet.complexity import count_flops, count_params, markdown_table  # noqa: E402
-from budgetnet.data import load_split  # noqa: E402
-from budgetnet.models import ResNetSpec  # noqa: E402
+from budgetnet.data.sources import load_split  # noqa: E402
+from budgetnet.models.complexity import count_flops, count_params, markdown_table  # noqa: E402
+from budgetnet.models.resnet import ResNetSpec  # noqa: E402
 from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
 
 TTA = 2

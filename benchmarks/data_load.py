@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 
-from budgetnet.data import SPLITS, load_split  # noqa: E402
+from budgetnet.data.sources import SPLITS, load_split  # noqa: E402
 
 
 def load_all(source: str, cache: Path) -> tuple[float, int]:

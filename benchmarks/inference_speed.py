@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from budgetnet.checkpoint import load_release  # noqa: E402
-from budgetnet.complexity import count_flops, markdown_table  # noqa: E402
-from budgetnet.data import Normalization, load_split  # noqa: E402
-from budgetnet.models import create_model  # noqa: E402
-from budgetnet.predict import infer  # noqa: E402
+from budgetnet.data.normalization import Normalization  # noqa: E402
+from budgetnet.data.sources import load_split  # noqa: E402
+from budgetnet.evaluation.infer import infer  # noqa: E402
+from budgetnet.models.checkpoint import load_release  # noqa: E402
+from budgetnet.models.complexity import count_flops, markdown_table  # noqa: E402
+from budgetnet.models.resnet import create_model  # noqa: E402
 
 TARGET = 500  # images/s, bf16, no TTA, 2 CPU cores
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 
-from budgetnet.search import Grid, search  # noqa: E402
+from budgetnet.models.search import Grid, search  # noqa: E402
 
 
 def main() -> None:

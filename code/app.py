@@ -10,8 +10,8 @@ extra: pip install -e '.[app]'.
 from __future__ import annotations
 
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.evaluation import load_ensemble
-from budgetnet.predict import TTA_LEVELS
+from budgetnet.evaluation.infer import TTA_LEVELS
+from budgetnet.evaluation.report import load_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--data",
-        help="where the example images come from: any source budgetnet.data reads "
+        help="where the example images come from: any source budgetnet.data.sources reads "
         "(default $BUDGETNET_DATA or ./data when there; else no examples)",
     )
     parser.add_argument(
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--examples must be 0 or more, got {args.examples}")
 
     try:
-        from budgetnet import demo
+        from budgetnet.evaluation import demo
     except ModuleNotFoundError as exc:
         if exc.name != "gradio":
             raise

@@ -5,9 +5,9 @@ python code/check_submission.py submissions/submission.csv --pkl cifar_test_nola
 
 from __future__ import annotations
 
+from budgetnet.data.kaggle import read_unlabeled_pickle
 from budgetnet.errors import ArgumentParser, run_cli
-from budgetnet.kaggle import read_unlabeled_pickle
-from budgetnet.submission import check_submission
+from budgetnet.submission.csv_file import check_submission
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from budgetnet.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.evaluation import (
+from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
+from budgetnet.evaluation.figures import write_plots
+from budgetnet.evaluation.infer import TTA_LEVELS
+from budgetnet.evaluation.report import (
     add_model_arguments,
     device_from_arg,
     evaluate,
@@ -24,8 +26,6 @@ from budgetnet.evaluation import (
     write_json,
     write_markdown,
 )
-from budgetnet.predict import TTA_LEVELS
-from budgetnet.report_plots import write_plots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser, default_checkpoint="trained_model")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument(
-        "--data", default=None, help="any source budgetnet.data reads (default: the training data)"
+        "--data",
+        default=None,
+        help="any source budgetnet.data.sources reads (default: the training data)",
     )
     parser.add_argument(
         "--tta",

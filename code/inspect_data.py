@@ -1,4 +1,4 @@
-"""Show what budgetnet.data reads from a source (and warm its cache): splits, classes, counts,
+"""Show what budgetnet.data.sources reads from a source (and warm its cache): splits, classes, counts,
 the held-out validation split and the normalisation statistics training would use.
 
     python code/inspect_data.py --data ../shared/data/cifar10
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from budgetnet.data import load_splits
+from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, run_cli
 
 

@@ -14,10 +14,10 @@ import dataclasses
 from pathlib import Path
 
 import train
-from budgetnet.data import load_splits
+from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.files import atomic_write
-from budgetnet.lr_range import lr_range_test, plot_lr_range
+from budgetnet.training.lr_range import lr_range_test, plot_lr_range
 
 
 def main(argv: list[str] | None = None) -> int:

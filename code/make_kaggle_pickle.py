@@ -9,16 +9,16 @@ score a submission against the key with `code/score_submission.py`.
 
 from __future__ import annotations
 
-from budgetnet.data import SPLITS, load_split
+from budgetnet.data.kaggle import LAYOUTS, kaggle_style, write_unlabeled_pickle
+from budgetnet.data.sources import SPLITS, load_split
 from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.files import distinct_paths
-from budgetnet.kaggle import LAYOUTS, kaggle_style, write_unlabeled_pickle
-from budgetnet.submission import write_submission
+from budgetnet.submission.csv_file import write_submission
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="any source budgetnet.data reads")
+    parser.add_argument("--data", default=None, help="any source budgetnet.data.sources reads")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--out", required=True, help="the unlabeled pickle to write")
     parser.add_argument("--key", required=True, help="the answer key CSV (ID,Labels) to write")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.publish import publish
+from budgetnet.submission.publish import publish
 
 
 def main(argv: list[str] | None = None) -> int:

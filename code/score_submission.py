@@ -6,7 +6,7 @@ python code/score_submission.py submissions/submission.csv --key runs/kaggle/tes
 from __future__ import annotations
 
 from budgetnet.errors import ArgumentParser, run_cli
-from budgetnet.submission import score_submission
+from budgetnet.submission.csv_file import score_submission
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from budgetnet import config as train_config
-from budgetnet.complexity import markdown_table
-from budgetnet.data import load_splits
+from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.search import (
+from budgetnet.models.complexity import markdown_table
+from budgetnet.models.search import (
     Grid,
     format_markdown,
     load_grid,
@@ -32,11 +31,12 @@ from budgetnet.search import (
     write_markdown,
     write_rows,
 )
+from budgetnet.training import config as train_config
 
 
 def train_ranking(candidates, args, out: Path) -> str:
     """Short training runs of the top candidates on one data load; a Markdown table."""
-    from budgetnet.engine import fit, model_name
+    from budgetnet.training.engine import fit, model_name
 
     overrides = train_config.read_config_file(args.train_config) if args.train_config else {}
     overrides.pop("model", None)  # the model is the candidate
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         help="train the first K candidates and rank them by val accuracy",
     )
     ranking.add_argument("--epochs", type=int, default=10, help="epochs per candidate")
-    ranking.add_argument("--data", help="training data (any source budgetnet.data reads)")
+    ranking.add_argument("--data", help="training data (any source budgetnet.data.sources reads)")
     ranking.add_argument("--max-per-class", type=int, help="first N training images per class")
     ranking.add_argument("--train-config", help="YAML of training settings (code/train.py's)")
     ranking.add_argument("--device", default="auto")

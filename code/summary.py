@@ -7,9 +7,9 @@ python code/summary.py --blocks 2 2 2 --channels 64 128 256 --pool 0
 
 from __future__ import annotations
 
-from budgetnet.complexity import count_flops, count_params, format_summary, markdown_table
 from budgetnet.errors import ArgumentParser, run_cli
-from budgetnet.models import PRESETS, add_model_arguments, spec_from_args
+from budgetnet.models.complexity import count_flops, count_params, format_summary, markdown_table
+from budgetnet.models.resnet import PRESETS, add_model_arguments, spec_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

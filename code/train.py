@@ -6,7 +6,7 @@ rebuilt.
     python code/train.py --resume runs/<name>                           # continue a killed run
     torchrun --nproc_per_node 2 code/train.py ...                        # DistributedDataParallel
 
-`--preset` takes a training preset (budgetnet.config.PRESETS: recipe and model) or a model
+`--preset` takes a training preset (budgetnet.training.config.PRESETS: recipe and model) or a model
 preset (`python code/summary.py --list`). Settings resolve as defaults < --preset < --config <
 flags; `python code/train.py --help` lists every flag with its default.
 """
@@ -18,11 +18,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from budgetnet import config as train_config
 from budgetnet import runs
-from budgetnet.engine import fit
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.models import ResNetSpec, add_model_arguments, spec_from_args
+from budgetnet.models.resnet import ResNetSpec, add_model_arguments, spec_from_args
+from budgetnet.training import config as train_config
+from budgetnet.training.engine import fit
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ResNetSpec)}
 # Flags that may change on --resume: where and how fast it runs, not what it computes.

@@ -23,10 +23,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from budgetnet.checkpoint import save_release
-from budgetnet.data import ImageSet, Normalization
-from budgetnet.evaluation import load_ensemble
-from budgetnet.models import ResNetSpec, build
+from budgetnet.data.normalization import Normalization
+from budgetnet.data.sources import ImageSet
+from budgetnet.evaluation.report import load_ensemble
+from budgetnet.models.checkpoint import save_release
+from budgetnet.models.resnet import ResNetSpec, build
 
 from cifar_files import CIFAR10_CLASSES, write_image_folder
 from conftest import REPO
@@ -67,7 +68,9 @@ def upload(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classify(release):
     """The demo's prediction function, in this process: what the served page must answer."""
-    demo = pytest.importorskip("budgetnet.demo", reason="gradio is not installed (the app extra)")
+    demo = pytest.importorskip(
+        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    )
     return demo.Classifier(load_ensemble([release], demo.CPU), tta=1)
 
 
@@ -144,14 +147,18 @@ def _image_set(count: int, classes: list[str]) -> ImageSet:
 
 
 def test_examples_take_the_classes_in_turn():
-    demo = pytest.importorskip("budgetnet.demo", reason="gradio is not installed (the app extra)")
+    demo = pytest.importorskip(
+        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    )
     test = _image_set(12, ["a", "b", "c"])  # labels 0 0 0 0 1 1 1 1 2 2 2 2
     assert demo.pick_examples(test, 5).tolist() == [0, 4, 8, 1, 5]
     assert demo.pick_examples(test, 20).tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
 
 
 def test_examples_come_from_the_test_split(test_folder, tmp_path, monkeypatch):
-    demo = pytest.importorskip("budgetnet.demo", reason="gradio is not installed (the app extra)")
+    demo = pytest.importorskip(
+        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    )
     monkeypatch.setenv("BUDGETNET_CACHE", str(tmp_path / "cache"))
     examples = demo.load_examples(str(test_folder), 10, CIFAR10_CLASSES)
     assert examples.labels.tolist() == list(range(10))
@@ -223,7 +230,7 @@ def test_browser_uploads_an_image_and_reads_the_labels(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from budgetnet.demo import IMAGE_ID, LABEL_ID
+    from budgetnet.evaluation.demo import IMAGE_ID, LABEL_ID
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser

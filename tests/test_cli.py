@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 
-from budgetnet.kaggle import read_unlabeled_pickle
-from budgetnet.submission import read_submission, write_submission
+from budgetnet.data.kaggle import read_unlabeled_pickle
+from budgetnet.submission.csv_file import read_submission, write_submission
 
 from cifar_files import write_cifar10
 

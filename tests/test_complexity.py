@@ -11,15 +11,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import summary as summary_cli
-from budgetnet.complexity import (
+from budgetnet.errors import UserError, run_cli
+from budgetnet.models.complexity import (
     count_flops,
     count_params,
     format_summary,
     layer_table,
     receptive_field,
 )
-from budgetnet.errors import UserError, run_cli
-from budgetnet.models import BLOCK_TYPES, PRESETS, STEMS, ResNetSpec, build, get_preset
+from budgetnet.models.resnet import BLOCK_TYPES, PRESETS, STEMS, ResNetSpec, build, get_preset
 
 
 def random_spec(rng: random.Random) -> ResNetSpec:

@@ -9,9 +9,9 @@ import sys
 import pytest
 import yaml
 
-from budgetnet.config import read_config_file
-from budgetnet.engine import fit
-from budgetnet.models import ResNetSpec
+from budgetnet.models.resnet import ResNetSpec
+from budgetnet.training.config import read_config_file
+from budgetnet.training.engine import fit
 
 from cifar_files import write_cifar10, write_cifar100
 from conftest import REPO

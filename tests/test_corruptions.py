@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from budgetnet.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from budgetnet.errors import UserError
+from budgetnet.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 from cifar_files import random_images
 

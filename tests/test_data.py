@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from budgetnet import data
-from budgetnet.data import (
+from budgetnet.data import sources as data
+from budgetnet.data.sources import (
     Normalization,
     cap_per_class,
     load_split,

@@ -11,10 +11,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from budgetnet.checkpoint import save_release
-from budgetnet.data import Normalization, load_splits
+from budgetnet.data.normalization import Normalization
+from budgetnet.data.sources import load_splits
 from budgetnet.errors import UserError
-from budgetnet.evaluation import (
+from budgetnet.evaluation.infer import infer
+from budgetnet.evaluation.report import (
     ECE_BINS,
     evaluate,
     labeled_split,
@@ -23,8 +24,8 @@ from budgetnet.evaluation import (
     reliability,
     summary_metrics,
 )
-from budgetnet.models import ResNetSpec, build
-from budgetnet.predict import infer
+from budgetnet.models.checkpoint import save_release
+from budgetnet.models.resnet import ResNetSpec, build
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from budgetnet import engine, lookahead, optim, predict, runtime
-from budgetnet.augment import DeviceBatches, altflip_mask, random_crop
-from budgetnet.config import PRESETS, TrainConfig
-from budgetnet.data import Normalization
-from budgetnet.models import ResNetSpec, build, get_preset
-from budgetnet.muon import Muon, orthogonalize
-from budgetnet.whitening import init_whitening, patches, sample_images, whitening_filters
+from budgetnet import runtime
+from budgetnet.data.normalization import Normalization, normalize
+from budgetnet.models.resnet import ResNetSpec, build, get_preset
+from budgetnet.models.whitening import init_whitening, patches, sample_images, whitening_filters
+from budgetnet.training import engine, lookahead, optim
+from budgetnet.training.augment import DeviceBatches, altflip_mask, random_crop
+from budgetnet.training.config import PRESETS, TrainConfig
+from budgetnet.training.muon import Muon, orthogonalize
 
 from conftest import REPO
 
@@ -56,7 +57,7 @@ def test_init_whitening_sets_the_stem_from_uint8_images():
     init_whitening(model.stem.conv, images, NORM)
     assert not model.stem.conv.weight.requires_grad and model.stem.conv.bias.requires_grad
     assert (model.stem.conv.bias == 0).all()
-    x = predict.normalize(torch.from_numpy(images).permute(0, 3, 1, 2), NORM)
+    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2), NORM)
     out = torch.nn.functional.conv2d(x, model.stem.conv.weight[:12])
     per_channel = out.permute(1, 0, 2, 3).reshape(12, -1)
     assert torch.allclose(per_channel.var(1), torch.ones(12), atol=0.05)
@@ -203,7 +204,7 @@ def test_frozen_parameters_sit_the_step_out():
     model = build(get_preset("fastres_s"))
     config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"} | {"batch_size": 8})
     optimizer = optim.make_optimizer(config, model)
-    from budgetnet.augment import BatchAugment
+    from budgetnet.training.augment import BatchAugment
 
     augment = BatchAugment(config, NORM, 10, 32, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
@@ -223,11 +224,11 @@ def test_bf16_is_used_only_where_the_hardware_has_it(monkeypatch):
     assert isinstance(runtime.bf16_native("cpu"), bool)
     monkeypatch.setattr(runtime, "bf16_native", lambda kind: False)
     assert runtime.amp_dtype(cpu) is None
-    with predict.autocast(cpu, True):
+    with runtime.autocast(cpu, True):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
     monkeypatch.setattr(runtime, "bf16_native", lambda kind: True)
     assert runtime.amp_dtype(cpu) == torch.bfloat16 and runtime.amp_dtype(cpu, False) is None
-    with predict.autocast(cpu, True):
+    with runtime.autocast(cpu, True):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
 
 

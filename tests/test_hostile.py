@@ -26,19 +26,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from budgetnet import config as train_config
-from budgetnet import engine, files
-from budgetnet.checkpoint import META_FILE, WEIGHTS_FILE, load_release, save_release
-from budgetnet.config import TrainConfig, merge, short_run_warmup
-from budgetnet.data import decode_images, load_split, load_splits
+from budgetnet import files
+from budgetnet.data.kaggle import read_unlabeled_pickle, write_unlabeled_pickle
+from budgetnet.data.safe_pickle import safe_loads
+from budgetnet.data.sources import decode_images, load_split, load_splits
 from budgetnet.errors import UserError, brief
-from budgetnet.evaluation import Ensemble
+from budgetnet.evaluation.report import Ensemble
 from budgetnet.files import atomic_write
-from budgetnet.kaggle import read_unlabeled_pickle, write_unlabeled_pickle
-from budgetnet.lr_range import lr_range_test
-from budgetnet.models import ResNetSpec, build
-from budgetnet.safe_pickle import safe_loads
-from budgetnet.submission import check_submission, read_submission, write_submission
+from budgetnet.models.checkpoint import META_FILE, WEIGHTS_FILE, load_release, save_release
+from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.submission.csv_file import check_submission, read_submission, write_submission
+from budgetnet.training import config as train_config
+from budgetnet.training import engine
+from budgetnet.training.config import TrainConfig, merge, short_run_warmup
+from budgetnet.training.lr_range import lr_range_test
 from test_evaluate import NORM, save_random_release
 from test_train import TINY, tiny_config
 
@@ -136,8 +137,8 @@ _MEMORY_PROBE = r"""
 import resource, sys
 sys.path.insert(0, "code")
 from budgetnet.errors import UserError
-from budgetnet.kaggle import read_unlabeled_pickle
-from budgetnet.data import load_split
+from budgetnet.data.kaggle import read_unlabeled_pickle
+from budgetnet.data.sources import load_split
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
     try:

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from budgetnet.checkpoint import load_release
-from budgetnet.data import load_split
+from budgetnet.data.kaggle import kaggle_style, write_unlabeled_pickle
+from budgetnet.data.sources import load_split
 from budgetnet.errors import UserError
-from budgetnet.evaluation import labeled_split, load_ensemble
-from budgetnet.kaggle import kaggle_style, write_unlabeled_pickle
-from budgetnet.kaggle_cli import submit
-from budgetnet.models import ResNetSpec
-from budgetnet.predict import TTA_LEVELS, infer, tta_views
-from budgetnet.submission import (
+from budgetnet.evaluation.infer import TTA_LEVELS, infer, tta_views
+from budgetnet.evaluation.report import labeled_split, load_ensemble
+from budgetnet.models.checkpoint import load_release
+from budgetnet.models.resnet import ResNetSpec
+from budgetnet.submission.csv_file import (
     check_submission,
     read_submission,
     score_submission,
     write_submission,
 )
+from budgetnet.submission.upload import submit
 from test_evaluate import NORM, save_random_release
 from test_train import TINY
 

@@ -9,9 +9,9 @@ import pickle
 import numpy as np
 import pytest
 
+from budgetnet.data.kaggle import kaggle_style, read_unlabeled_pickle, write_unlabeled_pickle
+from budgetnet.data.safe_pickle import safe_load, safe_loads
 from budgetnet.errors import UserError
-from budgetnet.kaggle import kaggle_style, read_unlabeled_pickle, write_unlabeled_pickle
-from budgetnet.safe_pickle import safe_load, safe_loads
 
 from cifar_files import random_images, to_cifar_rows
 
@@ -171,7 +171,7 @@ def test_safe_loads_keeps_plain_values():
 
 
 def test_kaggle_style_shuffles_rows_and_draws_ids():
-    from budgetnet.data import ImageSet
+    from budgetnet.data.sources import ImageSet
 
     labels = np.arange(50) % 10
     source = ImageSet(random_images(50), labels, [str(i) for i in range(10)], "test")

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from budgetnet.errors import UserError
-from budgetnet.models import (
+from budgetnet.models.resnet import (
     DEFAULT_PRESET,
     PRESETS,
     ResNetSpec,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from budgetnet.kaggle import read_unlabeled_pickle
-from budgetnet.submission import check_submission
+from budgetnet.data.kaggle import read_unlabeled_pickle
+from budgetnet.submission.csv_file import check_submission
 
 from conftest import REPO
 

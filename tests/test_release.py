@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from budgetnet.checkpoint import load_release
-from budgetnet.complexity import count_params
-from budgetnet.data import load_split
-from budgetnet.kaggle import kaggle_style, write_unlabeled_pickle
-from budgetnet.submission import read_submission
+from budgetnet.data.kaggle import kaggle_style, write_unlabeled_pickle
+from budgetnet.data.sources import load_split
+from budgetnet.models.checkpoint import load_release
+from budgetnet.models.complexity import count_params
+from budgetnet.submission.csv_file import read_submission
 from publish import main as publish_main
 
 from conftest import REPO

@@ -7,9 +7,9 @@ import csv
 import pytest
 
 import search as search_cli
-from budgetnet.complexity import count_flops, count_params
 from budgetnet.errors import UserError, run_cli
-from budgetnet.search import (
+from budgetnet.models.complexity import count_flops, count_params
+from budgetnet.models.search import (
     COLUMNS,
     Grid,
     format_markdown,

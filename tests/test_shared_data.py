@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from budgetnet import data
-from budgetnet.data import load_split, load_splits
+from budgetnet.data import sources as data
+from budgetnet.data.sources import load_split, load_splits
 
 pytestmark = pytest.mark.data
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

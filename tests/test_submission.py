@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from budgetnet.errors import UserError
-from budgetnet.submission import (
+from budgetnet.submission.csv_file import (
     check_submission,
     read_submission,
     score_submission,

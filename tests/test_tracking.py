@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from budgetnet import engine, tracking
-from budgetnet.config import TrainConfig
 from budgetnet.errors import UserError
-from budgetnet.models import ResNetSpec
+from budgetnet.models.resnet import ResNetSpec
+from budgetnet.training import engine, tracking
+from budgetnet.training.config import TrainConfig
 
 SPEC = ResNetSpec((1,), (8,))
 

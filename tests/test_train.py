@@ -18,12 +18,14 @@ import torch
 import yaml
 from PIL import Image
 
-from budgetnet import checkpoint, engine, optim
-from budgetnet.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
-from budgetnet.config import TrainConfig
-from budgetnet.data import DataSplits, Normalization
+from budgetnet.data.normalization import Normalization
+from budgetnet.data.sources import DataSplits
 from budgetnet.errors import UserError
-from budgetnet.models import ResNetSpec
+from budgetnet.models import checkpoint
+from budgetnet.models.resnet import ResNetSpec
+from budgetnet.training import engine, optim
+from budgetnet.training.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
+from budgetnet.training.config import TrainConfig
 
 from cifar_files import write_cifar10
 from conftest import REPO
@@ -199,7 +201,7 @@ def test_onecycle_schedule_peaks_at_epoch_5_of_24():
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
-    from budgetnet.models import build
+    from budgetnet.models.resnet import build
 
     model = build(ResNetSpec((1,), (8,)))
     groups = optim.make_optimizer(TrainConfig(), model).param_groups
@@ -238,7 +240,7 @@ def test_device_and_worker_batches_shapes_and_values():
 
 
 def test_random_crop_matches_a_padded_window():
-    from budgetnet.augment import random_crop
+    from budgetnet.training.augment import random_crop
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
     out = random_crop(x, 2, torch.Generator().manual_seed(1))
@@ -375,7 +377,7 @@ def test_config_file_presets_and_unknown_keys(cifar, tmp_path, run_script):
 
 
 def test_training_preset_resolves_recipe_and_model():
-    from budgetnet.config import PRESETS
+    from budgetnet.training.config import PRESETS
 
     sys.path.insert(0, str(REPO / "code"))
     import train
@@ -500,7 +502,7 @@ def test_lr_range_test_finds_a_descent_and_plots(cifar, tmp_path, run_script):
 
 
 def test_per_image_augmentations_need_workers():
-    from budgetnet.augment import make_batches, pil_transform, uses_device_batches
+    from budgetnet.training.augment import make_batches, pil_transform, uses_device_batches
 
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(16) % 10
@@ -542,7 +544,7 @@ def test_cutout_erases_one_fixed_square_with_the_mean_colour():
 
 
 def test_new_settings_are_checked_and_parsed():
-    from budgetnet.config import MLFLOW_DEFAULT, add_config_arguments, merge
+    from budgetnet.training.config import MLFLOW_DEFAULT, add_config_arguments, merge
 
     assert merge(TrainConfig(), {"color_jitter": 0.4}, "f").color_jitter == [0.4]
     for bad in (

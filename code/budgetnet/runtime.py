@@ -8,6 +8,7 @@ the `amp` setting is honoured at all.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -99,3 +100,19 @@ def configure_cpu(threads: int = 0, allocator: bool = True) -> str:
     return f"{count} CPU thread{'s' if count > 1 else ''}" + (
         ", glibc heap reuse on" if tuned else ""
     )
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`None`/"auto": CUDA when there is one, else the CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast where `device` computes bf16 natively (CUDA; CPUs with AVX-512 BF16 or
+    AMX, where it is 2-2.5x faster); float32 elsewhere, where bf16 would be emulated and slow."""
+    dtype = amp_dtype(device, enabled)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

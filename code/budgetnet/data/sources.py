@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import tarfile
 from collections.abc import Callable
@@ -30,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetnet.errors import UserError, brief, shorten
+from budgetnet.data.normalization import Normalization
+from budgetnet.data.safe_pickle import MAX_FILE_BYTES, safe_loads
+from budgetnet.errors import UserError, shorten
 from budgetnet.files import atomic_write, read_regular_file
-from budgetnet.safe_pickle import MAX_FILE_BYTES, safe_loads
 
 IMAGE_SIZE = 32
 MAX_IMAGE_PIXELS = 4096 * 4096  # an image larger than this is refused before it is decoded
-MIN_STD = 1e-3  # the smallest per-channel std a normalisation may have (pixels in [0, 1])
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("train", "test")
 DATASET_NAMES = ("cifar10", "cifar100")
@@ -518,66 +517,6 @@ def split_train_val(
         ]
     )
     return np.setdiff1d(everything, val), np.sort(val)
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-channel mean and std of pixel values scaled to [0, 1], and where they came from."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    source: str
-
-    @classmethod
-    def from_images(cls, images: np.ndarray, source: str) -> Normalization:
-        # Exact float64 sums over chunks of pixels, as matrix products: a strided per-channel
-        # reduction is several times slower than BLAS on (pixels, 3) blocks.
-        pixels = images.reshape(-1, 3)
-        chunk = 1 << 18
-        ones = np.ones(chunk)
-        total, gram = np.zeros(3), np.zeros((3, 3))
-        for start in range(0, len(pixels), chunk):
-            block = pixels[start : start + chunk].astype(np.float64)
-            total += ones[: len(block)] @ block
-            gram += block.T @ block
-        mean = total / len(pixels)
-        std = np.sqrt(np.maximum(np.diag(gram) / len(pixels) - mean * mean, 0.0))
-        mean, std = mean / 255.0, std / 255.0
-        return cls(
-            tuple(float(m) for m in mean),
-            tuple(float(s) for s in std),
-            f"per-channel mean/std of {len(images)} training images: {source}",
-        )
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
-
-    def __post_init__(self) -> None:
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            if (
-                not isinstance(values, tuple)
-                or len(values) != 3
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-                or not all(math.isfinite(v) for v in values)
-            ):
-                raise UserError(
-                    f"normalisation {name} must be 3 finite numbers, got {brief(values)}"
-                )
-        if not all(s >= MIN_STD for s in self.std):
-            raise UserError(
-                f"normalisation std {list(self.std)} has a value below {MIN_STD}: a model "
-                "trained with it would see saturated inputs (a degenerate release?)"
-            )
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Normalization:
-        if not isinstance(data, dict) or not {"mean", "std", "source"} <= data.keys():
-            raise UserError(f"normalisation needs mean, std and source, got {brief(data)}")
-        mean, std = data["mean"], data["std"]
-        if not isinstance(mean, list | tuple) or not isinstance(std, list | tuple):
-            raise UserError(f"normalisation mean and std must be lists, got {brief(mean)}")
-        return cls(tuple(mean), tuple(std), str(data["source"]))
 
 
 @dataclass

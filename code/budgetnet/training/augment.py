@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from budgetnet.config import TrainConfig
-from budgetnet.data import IMAGE_SIZE, Normalization
+from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
+from budgetnet.data.sources import IMAGE_SIZE
 from budgetnet.errors import UserError
-from budgetnet.predict import as_uint8_nchw, normalize
+from budgetnet.training.config import TrainConfig
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:

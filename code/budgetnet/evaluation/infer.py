@@ -6,54 +6,15 @@ model sees at test time are prepared exactly as in training.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnet.data import Normalization
-from budgetnet.runtime import amp_dtype
+from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
+from budgetnet.runtime import autocast
 
 TTA_LEVELS = (0, 1, 2)
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """`None`/"auto": CUDA when there is one, else the CPU."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast where `device` computes bf16 natively (CUDA; CPUs with AVX-512 BF16 or
-    AMX, where it is 2-2.5x faster); float32 elsewhere, where bf16 would be emulated and slow."""
-    dtype = amp_dtype(device, enabled)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Images as uint8 (N, 3, H, W): numpy arrays come as (N, H, W, 3), tensors as NCHW."""
-    if isinstance(images, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return images
-
-
-def normalize(
-    batch: torch.Tensor, normalization: Normalization, size: int | None = None
-) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32, scaled to [0, 1], standardised per channel, resized to
-    `size` pixels if given and different (the 224 px ImageNet-style presets), in channels_last
-    memory order (faster convolutions with cuDNN and oneDNN)."""
-    mean = torch.tensor(normalization.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(normalization.std, device=batch.device).view(1, 3, 1, 1)
-    x = (batch.float() / 255.0 - mean) / std
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetnet.data import IMAGE_SIZE, ImageSet
+from budgetnet.data.safe_pickle import safe_load
+from budgetnet.data.sources import IMAGE_SIZE, ImageSet
 from budgetnet.errors import UserError, brief
 from budgetnet.files import atomic_write
-from budgetnet.safe_pickle import safe_load
 
 LAYOUTS = {  # name -> shape of one image in b'data'
     "hwc": (IMAGE_SIZE, IMAGE_SIZE, 3),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from budgetnet.evaluation import Evaluation, Reliability
+from budgetnet.evaluation.report import Evaluation, Reliability
 from budgetnet.files import atomic_write
 
 GALLERY_SIZE = 36  # misclassified images shown, most confident mistakes first

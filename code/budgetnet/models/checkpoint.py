@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from budgetnet.data import Normalization
+from budgetnet.data.normalization import Normalization
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write, check_regular_file, read_regular_file
-from budgetnet.models import ResNet, ResNetSpec, build
+from budgetnet.models.resnet import ResNet, ResNetSpec, build
 
 FORMAT = "budgetnet-release"
 FORMAT_VERSION = 1

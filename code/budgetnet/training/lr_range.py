@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from budgetnet.augment import BatchAugment, make_batches
-from budgetnet.config import TrainConfig
-from budgetnet.data import DataSplits
-from budgetnet.engine import make_loss, seed_everything, train_step
+from budgetnet.data.sources import DataSplits
 from budgetnet.errors import UserError
-from budgetnet.models import ResNetSpec, build
-from budgetnet.optim import make_optimizer
-from budgetnet.predict import resolve_device
+from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.runtime import resolve_device
+from budgetnet.training.augment import BatchAugment, make_batches
+from budgetnet.training.config import TrainConfig
+from budgetnet.training.engine import make_loss, seed_everything, train_step
+from budgetnet.training.optim import make_optimizer
 
 
 def lr_range_test(

@@ -14,9 +14,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from budgetnet.data import ImageSet, decode_images, load_split
+from budgetnet.data.sources import ImageSet, decode_images, load_split
 from budgetnet.errors import UserError
-from budgetnet.evaluation import Ensemble
+from budgetnet.evaluation.report import Ensemble
 
 TOP_K = 5
 CPU = torch.device("cpu")  # one image at a time: a GPU would only add transfers

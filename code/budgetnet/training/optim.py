@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from budgetnet.config import TrainConfig
-from budgetnet.muon import Muon
+from budgetnet.training.config import TrainConfig
+from budgetnet.training.muon import Muon
 
 
 def param_groups(config: TrainConfig, model: nn.Module, skip: set[int] = frozenset()) -> list:

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from budgetnet.models import Block, Layer, ResNetSpec
+from budgetnet.models.resnet import Block, Layer, ResNetSpec
 
 # No parameters, no FLOPs, same numbers out.
 _SILENT_OPS = ("relu", "gelu", "dropout", "flatten", "scale")

@@ -19,16 +19,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from budgetnet import checkpoint, runs
-from budgetnet.complexity import count_flops, count_params, markdown_table
-from budgetnet.corruptions import DEFAULT_SEVERITIES
+from budgetnet import runs
 from budgetnet.errors import UserError
-from budgetnet.evaluation import evaluate, labeled_split, load_ensemble, write_json, write_markdown
+from budgetnet.evaluation.corruptions import DEFAULT_SEVERITIES
+from budgetnet.evaluation.figures import write_plots
+from budgetnet.evaluation.report import (
+    evaluate,
+    labeled_split,
+    load_ensemble,
+    write_json,
+    write_markdown,
+)
 from budgetnet.files import atomic_write
-from budgetnet.models import ResNetSpec
-from budgetnet.predict import resolve_device
-from budgetnet.report_plots import write_plots
-from budgetnet.runtime import cpu_model
+from budgetnet.models import checkpoint
+from budgetnet.models.complexity import count_flops, count_params, markdown_table
+from budgetnet.models.resnet import ResNetSpec
+from budgetnet.runtime import cpu_model, resolve_device
 
 RUN_FILES = ("config.yaml", "history.csv", "results.json")
 CURVES = ("loss_curve.png", "accuracy_curve.png", "lr_curve.png")

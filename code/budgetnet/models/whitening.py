@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from budgetnet.data import Normalization
-from budgetnet.predict import normalize
+from budgetnet.data.normalization import Normalization, normalize
 
 EPS = 5e-4  # added to each eigenvalue: keeps the near-zero directions from being amplified
 SAMPLE = 5000  # training images whose patches are counted (airbench: 5,000)

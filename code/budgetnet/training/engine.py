@@ -4,7 +4,7 @@ One short function and its helpers, no framework. Per step: set the learning rat
 augment the batch on the device, forward under bf16 autocast, backward, step, update the EMA.
 Per epoch: validate on the held-out split with the shared `infer()`, write history.csv, the
 best model (a release) and the resume state. At the end: the test split, once, reported
-separately, and the plots. A `budgetnet.tracking.Tracker` reports along the way (the Markdown
+separately, and the plots. A `budgetnet.training.tracking.Tracker` reports along the way (the Markdown
 log, TensorBoard, MLflow).
 """
 
@@ -24,19 +24,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnet import checkpoint, runs
-from budgetnet.augment import BatchAugment, augmented_samples, make_batches, uses_device_batches
-from budgetnet.config import TrainConfig, short_run_warmup
-from budgetnet.data import DataSplits, Normalization, load_splits
+from budgetnet import runs
+from budgetnet.data.normalization import Normalization
+from budgetnet.data.sources import DataSplits, load_splits
 from budgetnet.errors import UserError, shorten
-from budgetnet.lookahead import Lookahead
-from budgetnet.models import ResNetSpec, build
-from budgetnet.optim import make_optimizer, make_schedule
-from budgetnet.plots import plot_history
-from budgetnet.predict import autocast, infer, resolve_device
-from budgetnet.runtime import amp_dtype, configure_cpu, precision_name
-from budgetnet.tracking import Tracker
-from budgetnet.whitening import init_whitening, sample_images
+from budgetnet.evaluation.history_plots import plot_history
+from budgetnet.evaluation.infer import infer
+from budgetnet.models import checkpoint
+from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.models.whitening import init_whitening, sample_images
+from budgetnet.runtime import amp_dtype, autocast, configure_cpu, precision_name, resolve_device
+from budgetnet.training.augment import (
+    BatchAugment,
+    augmented_samples,
+    make_batches,
+    uses_device_batches,
+)
+from budgetnet.training.config import TrainConfig, short_run_warmup
+from budgetnet.training.lookahead import Lookahead
+from budgetnet.training.optim import make_optimizer, make_schedule
+from budgetnet.training.tracking import Tracker
 
 # Top-5 accuracy is reported above this many classes: with CIFAR-10's ten, five guesses cover
 # half of the classes and the number says little.
@@ -506,8 +513,8 @@ def _finish(
     """The test split, once, on the released weights (exactly what inference will load), with
     and without TTA; then results.json, the release's metrics, the plots and the test split's
     confusion matrix (at the configured TTA level)."""
-    from budgetnet.evaluation import confusion_matrix
-    from budgetnet.report_plots import confusion_figure
+    from budgetnet.evaluation.figures import confusion_figure
+    from budgetnet.evaluation.report import confusion_matrix
 
     release = checkpoint.load_release(run_dir, device)
     metrics = dict(release.meta["metrics"])

@@ -1,6 +1,6 @@
 """Scoring trained models on a labeled split: metrics, calibration, robustness, and the report.
 
-Every number starts from the class probabilities of `budgetnet.predict.infer`, the function
+Every number starts from the class probabilities of `budgetnet.evaluation.infer.infer`, the function
 inference.py labels the Kaggle pickle with, so what is measured here is what a submission
 made with the same checkpoints and TTA level would do.
 """
@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from budgetnet.checkpoint import Release, load_release
-from budgetnet.complexity import markdown_table
-from budgetnet.corruptions import CORRUPTIONS, corrupt
-from budgetnet.data import ImageSet, load_split, load_splits, split_train_val
+from budgetnet.data.sources import ImageSet, load_split, load_splits, split_train_val
 from budgetnet.errors import UserError, positive_int
+from budgetnet.evaluation.corruptions import CORRUPTIONS, corrupt
+from budgetnet.evaluation.infer import infer, tta_views
 from budgetnet.files import atomic_write
-from budgetnet.predict import infer, resolve_device, tta_views
-from budgetnet.runtime import precision_name
+from budgetnet.models.checkpoint import Release, load_release
+from budgetnet.models.complexity import markdown_table
+from budgetnet.runtime import precision_name, resolve_device
 
 ECE_BINS = 15  # Guo et al. (2017)
 # Images per forward pass: on 2 CPU cores, batches of 64-128 label about 1.45x faster than

@@ -2,7 +2,7 @@
 
 A `ResNetSpec` says what the network is (blocks B, channels C, kernel F, pool P, ...). Its
 `plan` lists every layer with its shapes; `build(spec)` turns the plan into modules and
-`budgetnet.complexity` counts parameters and FLOPs from the same plan, so the two cannot drift.
+`budgetnet.models.complexity` counts parameters and FLOPs from the same plan, so the two cannot drift.
 No training code lives here: a checkpoint stores `spec.to_dict()` and inference calls
 `build(ResNetSpec.from_dict(d))`.
 """
@@ -25,7 +25,7 @@ from budgetnet.errors import UserError, brief, shorten
 BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9", "fast")
 STEMS = ("cifar", "imagenet", "whiten")
 # The whitening stem: a frozen 2x2 patch convolution with a +- pair of filters per eigenvector of
-# the 2x2x3 training patches' covariance (set by budgetnet.whitening), then GELU.
+# the 2x2x3 training patches' covariance (set by budgetnet.models.whitening), then GELU.
 WHITEN_KERNEL = 2
 WHITEN_CHANNELS = 2 * 3 * WHITEN_KERNEL**2
 SHORTCUTS = ("projection", "identity")
@@ -588,7 +588,7 @@ def build(spec: ResNetSpec) -> ResNet:
     networks they keep PyTorch's default and the first in_channels filters are set to the
     identity (Dirac), as in airbench. BN starts at weight 1, bias 0 and the classifier keeps
     PyTorch's default (both are already what the constructors give). The whitening stem's
-    weights are frozen: `budgetnet.whitening` sets them from the training images.
+    weights are frozen: `budgetnet.models.whitening` sets them from the training images.
     """
     model = ResNet(spec)
     for m in model.modules():

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from budgetnet.data import IMAGE_SIZE
+from budgetnet.data.sources import IMAGE_SIZE
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import read_yaml
 
@@ -30,7 +30,9 @@ MLFLOW_DEFAULT = "default"
 @dataclasses.dataclass
 class TrainConfig:
     # data
-    data: str | None = None  # any source budgetnet.data reads (None: $BUDGETNET_DATA, ./data)
+    data: str | None = (
+        None  # any source budgetnet.data.sources reads (None: $BUDGETNET_DATA, ./data)
+    )
     max_per_class: int | None = None  # keep the first N training images of each class
     val_size: int = 5000  # images held out from train for validation (0 = none)
     normalize: str = "data"  # per-channel mean/std: data (of the training images) | imagenet
@@ -90,7 +92,7 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of the weights; it is evaluated
     ema_decay: float = 0.9998  # per optimizer step (timm ModelEmaV3, with warmup)
     # Lookahead-style averaging (airbench): every this many steps a slow copy of the weights
-    # moves toward them and the network is reset to it (0 = off); budgetnet.lookahead
+    # moves toward them and the network is reset to it (0 = off); budgetnet.training.lookahead
     lookahead: int = 0
     lookahead_decay: float = 0.95**5  # the slow copy's decay at the last step (ramps up as t^3)
     whiten_bias_epochs: float = 3.0  # a whitening stem's bias trains for this many epochs only
@@ -113,7 +115,7 @@ class TrainConfig:
     run_dir: str | None = None  # default runs/<time>-<model>
     plots_dir: str | None = None  # also publish the curves here (e.g. plots/)
     release_half: bool = True  # save the release weights in float16 (half the size)
-    # tracking (budgetnet.tracking; the Markdown log training_log.md is always written)
+    # tracking (budgetnet.training.tracking; the Markdown log training_log.md is always written)
     tensorboard: bool = False  # TensorBoard event files in the run directory
     # MLflow tracking URI to log to (None = off); `--mlflow` alone means MLFLOW_DEFAULT.
     mlflow: str | None = dataclasses.field(default=None, metadata={"bare": MLFLOW_DEFAULT})
@@ -376,7 +378,7 @@ def _flag_count(field: dataclasses.Field) -> dict[str, Any]:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, named like timm's (`--warmup-epochs`, `--reprob`, ...).
     Defaults are suppressed so that only flags the user typed override the config."""
-    group = parser.add_argument_group("training (defaults: budgetnet.config.TrainConfig)")
+    group = parser.add_argument_group("training (defaults: budgetnet.training.config.TrainConfig)")
     group.add_argument("--config", help="a YAML file of settings (and `model:`)")
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")

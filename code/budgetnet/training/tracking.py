@@ -29,10 +29,11 @@ import torch
 import yaml
 from PIL import Image
 
-from budgetnet import checkpoint, runs
-from budgetnet.config import MLFLOW_DEFAULT, TrainConfig
+from budgetnet import runs
 from budgetnet.errors import UserError
 from budgetnet.files import atomic_write
+from budgetnet.models import checkpoint
+from budgetnet.training.config import MLFLOW_DEFAULT, TrainConfig
 
 LOG_FILE = "training_log.md"
 MLFLOW_RUN_FILE = "mlflow_run_id.txt"  # lets a resumed run continue its MLflow run

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from budgetnet.complexity import count_flops, count_params, markdown_table
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write
-from budgetnet.models import ResNetSpec
+from budgetnet.models.complexity import count_flops, count_params, markdown_table
+from budgetnet.models.resnet import ResNetSpec
 
 RANKING_RULE = "most FLOPs per image first, then fewer parameters"
 COLUMNS = ("rank", "blocks", "channels", "kernel", "pool", "params", "flops", "pareto")

@@ -1,0 +1,1 @@
+"""Data: every CIFAR source read safely into uint8 arrays, and the Kaggle pickle."""

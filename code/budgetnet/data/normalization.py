@@ -1,0 +1,104 @@
+"""Pixel statistics and the one preprocessing step every model input goes through.
+
+Training, validation, evaluation, inference and the web demo all call `normalize`, so the
+pixels a model sees at test time are prepared exactly as in training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from budgetnet.errors import UserError, brief
+
+MIN_STD = 1e-3  # the smallest per-channel std a normalisation may have (pixels in [0, 1])
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std of pixel values scaled to [0, 1], and where they came from."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, source: str) -> Normalization:
+        # Exact float64 sums over chunks of pixels, as matrix products: a strided per-channel
+        # reduction is several times slower than BLAS on (pixels, 3) blocks.
+        pixels = images.reshape(-1, 3)
+        chunk = 1 << 18
+        ones = np.ones(chunk)
+        total, gram = np.zeros(3), np.zeros((3, 3))
+        for start in range(0, len(pixels), chunk):
+            block = pixels[start : start + chunk].astype(np.float64)
+            total += ones[: len(block)] @ block
+            gram += block.T @ block
+        mean = total / len(pixels)
+        std = np.sqrt(np.maximum(np.diag(gram) / len(pixels) - mean * mean, 0.0))
+        mean, std = mean / 255.0, std / 255.0
+        return cls(
+            tuple(float(m) for m in mean),
+            tuple(float(s) for s in std),
+            f"per-channel mean/std of {len(images)} training images: {source}",
+        )
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (
+                not isinstance(values, tuple)
+                or len(values) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+                or not all(math.isfinite(v) for v in values)
+            ):
+                raise UserError(
+                    f"normalisation {name} must be 3 finite numbers, got {brief(values)}"
+                )
+        if not all(s >= MIN_STD for s in self.std):
+            raise UserError(
+                f"normalisation std {list(self.std)} has a value below {MIN_STD}: a model "
+                "trained with it would see saturated inputs (a degenerate release?)"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        if not isinstance(data, dict) or not {"mean", "std", "source"} <= data.keys():
+            raise UserError(f"normalisation needs mean, std and source, got {brief(data)}")
+        mean, std = data["mean"], data["std"]
+        if not isinstance(mean, list | tuple) or not isinstance(std, list | tuple):
+            raise UserError(f"normalisation mean and std must be lists, got {brief(mean)}")
+        return cls(tuple(mean), tuple(std), str(data["source"]))
+
+
+def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Images as uint8 (N, 3, H, W): numpy arrays come as (N, H, W, 3), tensors as NCHW."""
+    if isinstance(images, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return images
+
+
+def normalize(
+    batch: torch.Tensor,
+    normalization: Normalization,
+    size: int | None = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32, scaled to [0, 1], standardised per channel, resized to
+    `size` pixels if given and different (the 224 px ImageNet-style presets), in channels_last
+    memory order unless `channels_last` is False (faster convolutions with cuDNN and oneDNN)."""
+    mean = torch.tensor(normalization.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=batch.device).view(1, 3, 1, 1)
+    x = (batch.float() / 255.0 - mean) / std
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )

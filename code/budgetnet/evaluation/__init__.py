@@ -1,0 +1,1 @@
+"""Evaluation: inference with TTA, ensembles, metrics, corruptions, reports and figures."""

@@ -1,0 +1,1 @@
+"""Submission: the CSV, its checker, the Kaggle upload and the published release."""

@@ -1,0 +1,1 @@
+"""Training: the config, batches and augmentation, optimizer and schedule, the trainer, tracking, the LR range test."""
