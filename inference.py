@@ -11,6 +11,7 @@ The CSV is written atomically and checked against the pickle before anything is 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -20,15 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "code"))  # works witho
 
 import numpy as np  # noqa: E402
 
+from budgetnet.cli import add_release_arguments, device_from_arg  # noqa: E402
 from budgetnet.data.kaggle import read_unlabeled_pickle  # noqa: E402
 from budgetnet.errors import ArgumentParser, UserError, run_cli  # noqa: E402
-from budgetnet.evaluation.infer import TTA_LEVELS  # noqa: E402
-from budgetnet.evaluation.report import (  # noqa: E402
-    add_model_arguments,
-    device_from_arg,
-    load_ensemble,
-    view_count,
-)
+from budgetnet.evaluation.ensemble import load_ensemble  # noqa: E402
+from budgetnet.evaluation.infer import TTA_LEVELS, view_count  # noqa: E402
 from budgetnet.files import atomic_write, distinct_paths  # noqa: E402
 from budgetnet.runtime import precision_name  # noqa: E402
 from budgetnet.submission.csv_file import check_submission, write_submission  # noqa: E402
@@ -42,13 +39,13 @@ def write_probs(path: Path, probs: np.ndarray, ids: np.ndarray, classes: list[st
         np.savez(handle, probs=probs, ids=ids, classes=np.array(classes))
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pkl", required=True, help="the competition's unlabeled test pickle")
     parser.add_argument(
         "--out", default="submissions/submission.csv", help="where to write the CSV (ID,Labels)"
     )
-    add_model_arguments(parser, default_checkpoint="trained_model")
+    add_release_arguments(parser, default_checkpoint="trained_model")
     parser.add_argument(
         "--tta",
         type=int,
@@ -77,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get(COMPETITION_ENV),
         help=f"the competition's slug (default ${COMPETITION_ENV})",
     )
-    args = parser.parse_args(argv)
-    if args.submit and not args.message:
-        parser.error("--submit needs -m MESSAGE, the submission's description on Kaggle")
+    return parser
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The CSV and the optional probabilities file, refused before any model runs when they
+    collide with each other or the pickle, or name a directory."""
     out = Path(args.out)
     probs_path = None
     if args.save_probs is not None:
@@ -88,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in filter(None, (out, probs_path)):
         if path.is_dir():  # refused now, not after the models have run
             raise UserError(f"{path}: is a directory; give a file name to write")
+    return out, probs_path
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.submit and not args.message:
+        parser.error("--submit needs -m MESSAGE, the submission's description on Kaggle")
+    out, probs_path = output_paths(args)
     test = read_unlabeled_pickle(args.pkl)
     device = device_from_arg(args.device)
     ensemble = load_ensemble(args.checkpoint, device)

@@ -39,9 +39,9 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from budgetnet.models.resnet import create_model
+    from budgetnet.models.zoo import create_model
     from budgetnet.runtime import autocast, configure_cpu
-    from budgetnet.training.config import PRESETS, TrainConfig, merge
+    from budgetnet.training.config import merge, recipe_config
     from budgetnet.training.optim import make_optimizer
 
     mallopt, compiled, channels_last, batch, muon = VARIANTS[variant]
@@ -54,8 +54,7 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     # The fast preset's optimizer, its filters handed to Muon in the Muon variant.
-    recipe = {k: v for k, v in PRESETS["fast"].items() if k != "model"}
-    config = merge(TrainConfig(), {**recipe, "opt": "muon" if muon else "sgd"}, "fast preset")
+    config = merge(recipe_config("fast"), {"opt": "muon" if muon else "sgd"}, "variant")
     optimizer = make_optimizer(config, model)
     run = torch.compile(model) if compiled else model
     cpu = torch.device("cpu")

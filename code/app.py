@@ -10,8 +10,8 @@ extra: pip install -e '.[app]'.
 from __future__ import annotations
 
 from budgetnet.errors import ArgumentParser, UserError, run_cli
+from budgetnet.evaluation.ensemble import load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS
-from budgetnet.evaluation.report import load_ensemble
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = demo.load_examples(args.data, args.examples, ensemble.classes)
     if examples is None and args.examples:
         print("no test split at $BUDGETNET_DATA or ./data: no examples (name one with --data)")
-    page = demo.build(demo.Classifier(ensemble, args.tta), examples)
+    page = demo.build_page(demo.Classifier(ensemble, args.tta), examples)
     try:
         page.launch(server_name=args.host, server_port=args.port)
     except OSError as exc:  # the port is taken, or the address is not this machine's

@@ -11,26 +11,17 @@ the source.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from budgetnet.cli import add_release_arguments, device_from_arg
 from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
-from budgetnet.evaluation.figures import write_plots
+from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS
-from budgetnet.evaluation.report import (
-    add_model_arguments,
-    device_from_arg,
-    evaluate,
-    labeled_split,
-    load_ensemble,
-    write_json,
-    write_markdown,
-)
+from budgetnet.evaluation.report import evaluate_ensemble, write_report
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser, default_checkpoint="trained_model")
+    add_release_arguments(parser, default_checkpoint="trained_model")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument(
         "--data",
@@ -74,7 +65,26 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the whole split)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the corruptions and sample")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def print_summary(report: dict) -> None:
+    for row in report["tta"]:
+        print(
+            f"TTA {row['level']}: accuracy {100 * row['acc']:.2f}%, macro mAP "
+            f"{100 * row['macro_map']:.2f}%, ECE {100 * row['ece']:.2f}% "
+            f"({row['images_per_second']:.0f} images/s)"
+        )
+    if "corruptions" in report:
+        sweep = report["corruptions"]
+        print(
+            f"corruptions: mean accuracy {100 * sweep['mean_acc']:.2f}% "
+            f"(clean {100 * sweep['clean_acc']:.2f}%) on {sweep['images']} images"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     if args.corruptions is not None:
         check_corruptions(args.corruptions, args.severities)
         if args.corruption_images is not None and args.corruption_images < 1:
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ensemble = load_ensemble(args.checkpoint, device)
     images = labeled_split(ensemble, args.split, args.data)
     print(f"evaluating {ensemble.describe()} on {len(images)} images: {images.source}")
-    result = evaluate(
+    result = evaluate_ensemble(
         ensemble,
         images,
         split=args.split,
@@ -97,24 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         corruption_images=args.corruption_images,
         seed=args.seed,
     )
-    plots = write_plots(result, args.plots_dir, args.split)
-    report_dir = Path(args.report_dir)
-    json_path = write_json(report_dir / f"evaluation-{args.split}.json", result.report)
-    md_path = write_markdown(report_dir / f"evaluation-{args.split}.md", result.report, plots)
-
-    for row in result.report["tta"]:
-        print(
-            f"TTA {row['level']}: accuracy {100 * row['accuracy']:.2f}%, macro mAP "
-            f"{100 * row['macro_map']:.2f}%, ECE {100 * row['ece']:.2f}% "
-            f"({row['images_per_second']:.0f} images/s)"
-        )
-    if "corruptions" in result.report:
-        sweep = result.report["corruptions"]
-        print(
-            f"corruptions: mean accuracy {100 * sweep['mean_accuracy']:.2f}% "
-            f"(clean {100 * sweep['clean_accuracy']:.2f}%) on {sweep['images']} images"
-        )
-    print(f"wrote {md_path}, {json_path} and {len(plots)} plots in {args.plots_dir}/")
+    written = write_report(result, args.report_dir, args.plots_dir)
+    print_summary(result.report)
+    print(
+        f"wrote {written.markdown}, {written.json} and {len(written.plots)} plots in "
+        f"{args.plots_dir}/"
+    )
     return 0
 
 

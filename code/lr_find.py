@@ -1,7 +1,7 @@
 """Learning-rate range test: grow the learning rate exponentially over a few hundred steps and
 plot the training loss against it (the LR finder of the custom ResNet-9 project).
 
-    python code/lr_find.py --preset resnet24_b343 --data ../shared/data/cifar10 --out lr_find.png
+    python code/lr_find.py --model resnet24_b343 --data ../shared/data/cifar10 --out lr_find.png
 
 Takes the model and training flags of code/train.py (optimizer, batch size, augmentation);
 prints the learning rate of steepest loss descent, and writes the plot and a CSV.
@@ -10,14 +10,14 @@ prints the learning rate of steepest loss descent, and writes the plot and a CSV
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 
-import train
+from budgetnet.cli import add_training_arguments, resolve_training
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, run_cli
+from budgetnet.evaluation.figures import lr_range_figure, save_figure
 from budgetnet.files import atomic_write
-from budgetnet.training.lr_range import lr_range_test, plot_lr_range
+from budgetnet.training.lr_range import lr_range_test
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,18 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-lr", type=float, default=1e-6)
     parser.add_argument("--end-lr", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=200)
-    train.add_arguments(parser)
+    add_training_arguments(parser)
     args = parser.parse_args(argv)
-    config, model_overrides = train.train_config.resolve(args, train.MODEL_KEYS)
-    spec = train.resolve_spec(args, model_overrides)
+    config, spec = resolve_training(args)
     splits = load_splits(
         config.data, val_size=0, max_per_class=config.max_per_class, seed=config.seed
     )
-    spec = dataclasses.replace(spec, num_classes=len(splits.train.classes))
     result = lr_range_test(
         config, spec, splits, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps
     )
-    plot_lr_range(result, args.out)
+    save_figure(lr_range_figure(result), args.out)
     with atomic_write(args.out.with_suffix(".csv"), newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["lr", "loss", "smoothed"])

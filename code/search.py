@@ -20,7 +20,6 @@ from pathlib import Path
 
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, UserError, run_cli
-from budgetnet.models.complexity import markdown_table
 from budgetnet.models.search import (
     Grid,
     format_markdown,
@@ -31,6 +30,7 @@ from budgetnet.models.search import (
     write_markdown,
     write_rows,
 )
+from budgetnet.tables import markdown_table
 from budgetnet.training import config as train_config
 
 

@@ -1,15 +1,17 @@
 """Per-layer table, totals and receptive field of a ResNet, from our own analytic counts.
 
 python code/summary.py --list
-python code/summary.py --preset resnet24_b343
+python code/summary.py --model resnet24_b343
 python code/summary.py --blocks 2 2 2 --channels 64 128 256 --pool 0
 """
 
 from __future__ import annotations
 
+from budgetnet.cli import add_model_arguments, spec_from_args
 from budgetnet.errors import ArgumentParser, run_cli
-from budgetnet.models.complexity import count_flops, count_params, format_summary, markdown_table
-from budgetnet.models.resnet import PRESETS, add_model_arguments, spec_from_args
+from budgetnet.models.complexity import count_flops, count_params, format_summary
+from budgetnet.models.zoo import MODELS
+from budgetnet.tables import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.list:
-        header = ["preset", "params", "FLOPs", "input", "layout", "source"]
+        header = ["model", "params", "FLOPs", "input", "layout", "source"]
         rows = [
             (
                 name,
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.description,
                 p.source,
             )  # fmt: skip
-            for name, p in PRESETS.items()
+            for name, p in MODELS.items()
         ]
         print(markdown_table(header, rows))
         return 0

@@ -25,9 +25,10 @@ from torch import nn
 
 from budgetnet.data.normalization import Normalization
 from budgetnet.data.sources import ImageSet
-from budgetnet.evaluation.report import load_ensemble
+from budgetnet.evaluation.ensemble import load_ensemble
+from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import save_release
-from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_image_folder
 from conftest import REPO

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import summary as summary_cli
 from budgetnet.errors import UserError, run_cli
+from budgetnet.models.builder import build
 from budgetnet.models.complexity import (
     count_flops,
     count_params,
@@ -19,7 +20,8 @@ from budgetnet.models.complexity import (
     layer_table,
     receptive_field,
 )
-from budgetnet.models.resnet import BLOCK_TYPES, PRESETS, STEMS, ResNetSpec, build, get_preset
+from budgetnet.models.spec import BLOCK_TYPES, STEMS, ResNetSpec
+from budgetnet.models.zoo import MODELS, model_spec
 
 
 def random_spec(rng: random.Random) -> ResNetSpec:
@@ -90,9 +92,9 @@ def test_count_params_equals_the_built_model_over_300_random_specs():
         assert count_params(spec) == sum(p.numel() for p in model.parameters()), spec
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(MODELS))
 def test_count_params_equals_the_built_presets(name):
-    spec = get_preset(name)
+    spec = model_spec(name)
     assert count_params(spec) == sum(p.numel() for p in build(spec).parameters())
 
 
@@ -111,11 +113,11 @@ def test_flops_equal_flop_counter_mode_over_random_specs():
 
 @pytest.mark.parametrize("name", ["resnet24_b343", "custom_resnet9", "resnet44v2", "resnet20"])
 def test_flops_equal_flop_counter_mode_on_presets(name):
-    assert count_flops(get_preset(name)).flops == measured_flops(get_preset(name))
+    assert count_flops(model_spec(name)).flops == measured_flops(model_spec(name))
 
 
 def test_the_table_matches_the_modules_and_sums_to_the_totals():
-    for spec in [*random_specs(40, seed=2), get_preset("resnet50")]:
+    for spec in [*random_specs(40, seed=2), model_spec("resnet50")]:
         model = build(spec)
         modules = dict(model.named_modules())
         rows = layer_table(spec)
@@ -127,7 +129,7 @@ def test_the_table_matches_the_modules_and_sums_to_the_totals():
 
 
 def test_table_shapes_match_a_forward_pass():
-    spec = get_preset("custom_resnet9")
+    spec = model_spec("custom_resnet9")
     model = build(spec).eval()
     shapes = {}
     for row in layer_table(spec):
@@ -139,7 +141,7 @@ def test_table_shapes_match_a_forward_pass():
 
 def test_receptive_field_of_resnet24():
     # Stem 3x3: 3; stage 1 adds 6 convs x 2 px; stage 2: 8 convs, stride 2 after the first, ...
-    assert receptive_field(get_preset("resnet24_b343")) == {
+    assert receptive_field(model_spec("resnet24_b343")) == {
         "stem": 3, "stage1": 15, "stage2": 45, "stage3": 89
     }  # fmt: skip
 
@@ -171,7 +173,7 @@ def test_receptive_field_is_the_span_of_the_input_gradient(spec):
 
 
 def test_format_summary_states_totals_and_receptive_field():
-    text = format_summary(get_preset("resnet24_b343"))
+    text = format_summary(model_spec("resnet24_b343"))
     assert "| stages.1.0.shortcut.conv |" in text
     assert "parameters: 4,916,284" in text
     assert "1,538,081,952 FLOPs" in text
@@ -196,11 +198,11 @@ def run_summary(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_summary_cli_in_process(capsys):
-    code, out, _ = run_summary(capsys, "--preset", "custom_resnet9")
+    code, out, _ = run_summary(capsys, "--model", "custom_resnet9")
     assert code == 0 and "parameters: 6,573,130" in out and "head.fc" in out
     code, out, _ = run_summary(capsys, "--blocks", "3", "4", "3", "--channels", "66", "132", "264")
     assert code == 0 and "parameters: 4,916,284" in out
-    for argv, fragment in [(["--kernel", "4"], "kernel must be odd"), (["--preset", "x"], "'x'")]:
+    for argv, fragment in [(["--kernel", "4"], "kernel must be odd"), (["--model", "x"], "'x'")]:
         code, out, err = run_summary(capsys, *argv)
         assert code == 2 and out == ""
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err
@@ -209,6 +211,6 @@ def test_summary_cli_in_process(capsys):
 def test_summary_cli_lists_the_zoo(run_script):
     result = run_script("code/summary.py", "--list")
     assert result.returncode == 0, result.stderr
-    for name in PRESETS:
+    for name in MODELS:
         assert f"| {name} " in result.stdout
     assert "4,916,284" in result.stdout and "6,573,130" in result.stdout

@@ -4,20 +4,18 @@ them can rot; docs/configs.md lists each one with its command."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import yaml
 
-from budgetnet.models.resnet import ResNetSpec
-from budgetnet.training.config import read_config_file
+from budgetnet.cli import add_training_arguments, resolve_training
+from budgetnet.errors import ArgumentParser
+from budgetnet.models.spec import ResNetSpec
+from budgetnet.training.config import FIELDS, TrainConfig, merge, read_config_file
 from budgetnet.training.engine import fit
 
 from cifar_files import write_cifar10, write_cifar100
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "code"))
-import train  # noqa: E402
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # What the test changes so that a recipe trains in seconds: one epoch of two or three small
@@ -41,10 +39,14 @@ def test_there_are_configs():
     assert len(CONFIGS) >= 6, CONFIGS
 
 
+def _parse(*flags):
+    parser = ArgumentParser()
+    add_training_arguments(parser)
+    return parser.parse_args(flags)
+
+
 def _resolve(path, *flags):
-    args = train.parse(["--config", str(path), *flags])
-    config, model = train.train_config.resolve(args, train.MODEL_KEYS)
-    return config, train.resolve_spec(args, model)
+    return resolve_training(_parse("--config", str(path), *flags))
 
 
 @pytest.mark.slow
@@ -70,10 +72,12 @@ def test_config_trains_a_few_steps(path, tiny_data, tmp_path):
     assert ("test_top5_tta0" in results) == cifar100  # top-5 only for many classes
     saved = yaml.safe_load((run / "config.yaml").read_text())
     file_settings = read_config_file(path)
-    overridden = set(vars(train.parse(flags))) & set(train.train_config.FIELDS)
-    for key, value in file_settings.items():
-        if key not in overridden | {"model"}:
-            assert saved["config"][key] == value, key  # the recipe reaches the run
+    file_settings.pop("model", None)
+    typed = merge(TrainConfig(), file_settings, str(path)).to_dict()  # "none" -> None
+    overridden = set(vars(_parse(*flags))) & set(FIELDS)
+    for key in file_settings:
+        if key not in overridden:
+            assert saved["config"][key] == typed[key], key  # the recipe reaches the run
     assert saved["model"]["input_size"] == spec.input_size
     meta = json.loads((run / "best" / "model.json").read_text())
     if recipe.normalize == "imagenet":

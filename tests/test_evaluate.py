@@ -9,23 +9,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, log_loss
 
 from budgetnet.data.normalization import Normalization
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import UserError
+from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import infer
-from budgetnet.evaluation.report import (
-    ECE_BINS,
-    evaluate,
-    labeled_split,
-    load_ensemble,
-    per_class_metrics,
-    reliability,
-    summary_metrics,
-)
+from budgetnet.evaluation.metrics import ECE_BINS, metrics, per_class_metrics, reliability
+from budgetnet.evaluation.report import evaluate_ensemble
+from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import save_release
-from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
 
@@ -83,19 +78,22 @@ def test_ece_and_reliability_by_hand():
     assert len(curve.count) == ECE_BINS and curve.count.sum() == 4
     # (lo, hi] bins of width 1/15: 0.9 in bin 13, 0.65 in bin 9, 0.35 in bin 5
     assert curve.count[13] == 2 and curve.count[9] == 1 and curve.count[5] == 1
-    assert curve.accuracy[13] == 0.5 and curve.confidence[13] == pytest.approx(0.9)
+    assert curve.acc[13] == 0.5 and curve.confidence[13] == pytest.approx(0.9)
     expected = 2 / 4 * abs(0.5 - 0.9) + 1 / 4 * abs(1 - 0.65) + 1 / 4 * abs(1 - 0.35)
     assert curve.ece == pytest.approx(expected)
 
 
-def test_summary_and_per_class_metrics_agree_with_sklearn():
+def test_metrics_and_per_class_metrics_agree_with_sklearn():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(5), size=200).astype(np.float32)
     labels = rng.integers(0, 4, 200)  # class 4 never occurs
-    metrics = summary_metrics(probs, labels)
-    assert metrics["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+    scored = metrics(probs, labels)
+    assert scored["acc"] == pytest.approx((probs.argmax(1) == labels).mean())
+    assert scored["loss"] == pytest.approx(log_loss(labels, probs, labels=range(5)), rel=1e-5)
     present = [average_precision_score(labels == c, probs[:, c]) for c in range(4)]
-    assert metrics["macro_map"] == pytest.approx(np.mean(present))
+    assert scored["macro_map"] == pytest.approx(np.mean(present))
+    assert scored["ece"] == pytest.approx(reliability(probs, labels).ece)
+    assert "top5" not in scored  # five classes: five guesses are always right
     rows = per_class_metrics(probs, labels, list("abcde"))
     assert [r["support"] for r in rows] == np.bincount(labels, minlength=5).tolist()
     assert rows[4]["average_precision"] is None and rows[4]["recall"] == 0
@@ -110,12 +108,12 @@ def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
     """A model with arbitrary predictions: the report holds what infer() and scikit-learn give."""
     ensemble = load_ensemble([save_random_release(tmp_path / "r", seed=1)], torch.device("cpu"))
     images = labeled_split(ensemble, "test", str(cifar))
-    result = evaluate(
+    result = evaluate_ensemble(
         ensemble, images, split="test", tta_levels=[0, 2], batch_size=7, device=torch.device("cpu")
     )
     for row in result.report["tta"]:
         probs = infer(ensemble.releases[0].model, images.images, NORM, tta=row["level"]).numpy()
-        assert row["accuracy"] == pytest.approx((probs.argmax(1) == images.labels).mean())
+        assert row["acc"] == pytest.approx((probs.argmax(1) == images.labels).mean())
         assert row["ece"] == pytest.approx(reliability(probs, images.labels).ece)
     assert result.report["main_tta"] == 2 and result.report["tta"][1]["views"] == 6
     np.testing.assert_allclose(result.probs, probs)
@@ -134,7 +132,7 @@ def test_evaluate_cli_with_known_predictions(cifar, tmp_path, run_script):
     report = json.loads((tmp_path / "reports" / "evaluation-test.json").read_text())
     share = 3 / 30  # the test split holds 3 images of the favourite class
     for row in report["tta"]:
-        assert row["accuracy"] == pytest.approx(share)
+        assert row["acc"] == pytest.approx(share)
         assert row["ece"] == pytest.approx(CONFIDENCE - share, abs=1e-5)
         # Constant scores tie every image: each class's AP is its share of the images.
         assert row["macro_map"] == pytest.approx(share)
@@ -145,10 +143,8 @@ def test_evaluate_cli_with_known_predictions(cifar, tmp_path, run_script):
     matrix = np.array(report["confusion_matrix"])
     assert (matrix[:, FAVOURITE] == 3).all() and matrix.sum() == 30
     sweep = report["corruptions"]
-    assert sweep["accuracy"] == {
-        name: {"1": share, "5": share} for name in ("gaussian_noise", "fog")
-    }
-    assert sweep["clean_accuracy"] == pytest.approx(share) and sweep["images"] == 30
+    assert sweep["acc"] == {name: {"1": share, "5": share} for name in ("gaussian_noise", "fog")}
+    assert sweep["clean_acc"] == pytest.approx(share) and sweep["images"] == 30
 
     markdown = (tmp_path / "reports" / "evaluation-test.md").read_text()
     rows = " ".join(markdown.split())  # the tables' cells, without their padding

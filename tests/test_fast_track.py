@@ -3,6 +3,7 @@ Lookahead, the alternating flip, reflect-padded translation, Muon and the hardwa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,16 +14,18 @@ import torch
 
 from budgetnet import runtime
 from budgetnet.data.normalization import Normalization, normalize
-from budgetnet.models.resnet import ResNetSpec, build, get_preset
+from budgetnet.models.builder import build
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.models.whitening import init_whitening, patches, sample_images, whitening_filters
-from budgetnet.training import engine, lookahead, optim
+from budgetnet.models.zoo import model_spec
+from budgetnet.training import engine, lookahead, optim, schedule
 from budgetnet.training.augment import DeviceBatches, altflip_mask, random_crop
-from budgetnet.training.config import PRESETS, TrainConfig
+from budgetnet.training.config import TrainConfig, recipe_config
 from budgetnet.training.muon import Muon, orthogonalize
 
 from conftest import REPO
 
-FAST = PRESETS["fast"]
+FAST = recipe_config("fast")
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
 
 
@@ -49,7 +52,7 @@ def test_whitened_patches_have_identity_covariance():
 
 
 def test_init_whitening_sets_the_stem_from_uint8_images():
-    spec = get_preset("fastres_s")
+    spec = model_spec("fastres_s")
     model = build(spec)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
@@ -73,7 +76,7 @@ def test_whitening_sample_is_seeded_and_spans_the_split():
 
 
 def test_decoupled_hyperparameters_convert_as_airbench_states_them():
-    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"})
+    config = FAST
     momentum_scale = 1 + 1 / (1 - 0.85)  # a Nesterov step's size per gradient, steady state
     assert config.effective_lr == pytest.approx(11.5 / momentum_scale)  # batch 1024 = base
     assert config.effective_weight_decay == pytest.approx(0.0153 / 11.5)
@@ -86,8 +89,8 @@ def test_decoupled_hyperparameters_convert_as_airbench_states_them():
 
 
 def test_bias_groups_get_the_scaled_lr_and_the_same_decay_per_step():
-    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"})
-    model = build(get_preset("fastres_s"))
+    config = FAST
+    model = build(model_spec("fastres_s"))
     groups = optim.make_optimizer(config, model).param_groups
     weights, bn_biases, other = groups
     assert all(p.ndim == 4 or p.ndim == 2 for p in weights["params"])
@@ -102,12 +105,10 @@ def test_bias_groups_get_the_scaled_lr_and_the_same_decay_per_step():
 
 
 def test_linear_schedule_at_exact_steps():
-    config = TrainConfig(
-        **{k: v for k, v in FAST.items() if k != "model"} | {"epochs": 10, "warmup_epochs": 2.3}
-    )
-    model = build(get_preset("fastres_s"))
+    config = dataclasses.replace(FAST, epochs=10, warmup_epochs=2.3)
+    model = build(model_spec("fastres_s"))
     optimizer = optim.make_optimizer(config, model)
-    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=48)
+    set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=48)
     peak = config.effective_lr
     assert set_lr(0) == pytest.approx(0.2 * peak)  # airbench's triangle starts at 0.2
     assert set_lr(110) == pytest.approx(peak)  # round(2.3 * 48): the peak
@@ -183,26 +184,26 @@ def test_orthogonalize_and_muon_step():
 
 
 def test_muon_pairs_with_sgd_and_round_trips_its_state():
-    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"} | {"opt": "muon"})
-    model = build(get_preset("fastres_s"))
+    config = dataclasses.replace(FAST, opt="muon")
+    model = build(model_spec("fastres_s"))
     optimizer = optim.make_optimizer(config, model)
     filters = {id(p) for p in model.parameters() if p.ndim == 4 and p.requires_grad}
     muon_params = {id(p) for p in optimizer.optimizers[1].param_groups[0]["params"]}
     assert muon_params == filters
-    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=10)
+    set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=10)
     set_lr(0)
     assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.2 * config.muon_lr)
     model(torch.randn(4, 3, 32, 32)).sum().backward()
     optimizer.step()
     state = optimizer.state_dict()
-    again = optim.make_optimizer(config, build(get_preset("fastres_s")))
+    again = optim.make_optimizer(config, build(model_spec("fastres_s")))
     again.load_state_dict(state)
     assert len(again.optimizers[1].state) == len(filters)
 
 
 def test_frozen_parameters_sit_the_step_out():
-    model = build(get_preset("fastres_s"))
-    config = TrainConfig(**{k: v for k, v in FAST.items() if k != "model"} | {"batch_size": 8})
+    model = build(model_spec("fastres_s"))
+    config = dataclasses.replace(FAST, batch_size=8)
     optimizer = optim.make_optimizer(config, model)
     from budgetnet.training.augment import BatchAugment
 
@@ -283,5 +284,5 @@ print(json.dumps({{"dtype": str(next(net.parameters()).dtype), "device": str(x.d
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["dtype"] == "torch.float32" and row["device"] == "cpu"
     assert row["shape"] == [32, 10] and row["ms"] > 0 and row["timed"] == 1
-    ours = build(get_preset("fastres_s"))  # the same layers plus identity shortcuts
+    ours = build(model_spec("fastres_s"))  # the same layers plus identity shortcuts
     assert row["params"] == sum(p.numel() for p in ours.parameters())

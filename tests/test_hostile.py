@@ -30,13 +30,13 @@ from budgetnet import files
 from budgetnet.data.kaggle import read_unlabeled_pickle, write_unlabeled_pickle
 from budgetnet.data.safe_pickle import safe_loads
 from budgetnet.data.sources import decode_images, load_split, load_splits
-from budgetnet.errors import UserError, brief
-from budgetnet.evaluation.report import Ensemble
+from budgetnet.errors import ArgumentParser, UserError, brief
+from budgetnet.evaluation.ensemble import Ensemble
 from budgetnet.files import atomic_write
+from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import META_FILE, WEIGHTS_FILE, load_release, save_release
-from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.submission.csv_file import check_submission, read_submission, write_submission
-from budgetnet.training import config as train_config
 from budgetnet.training import engine
 from budgetnet.training.config import TrainConfig, merge, short_run_warmup
 from budgetnet.training.lr_range import lr_range_test
@@ -259,9 +259,11 @@ def test_config_values_of_the_wrong_type_are_one_line(values, match):
 
 
 def test_aa_none_on_the_command_line_turns_randaugment_off():
-    from train import MODEL_KEYS, parse
+    from budgetnet.cli import add_config_arguments, resolve_training
 
-    config, _ = train_config.resolve(parse(["--aa", "None"]), MODEL_KEYS)
+    parser = ArgumentParser()
+    add_config_arguments(parser)
+    config, _ = resolve_training(parser.parse_args(["--aa", "None"]))
     assert config.aa is None
 
 

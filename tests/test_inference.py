@@ -15,10 +15,10 @@ import torch
 from budgetnet.data.kaggle import kaggle_style, write_unlabeled_pickle
 from budgetnet.data.sources import load_split
 from budgetnet.errors import UserError
+from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS, infer, tta_views
-from budgetnet.evaluation.report import labeled_split, load_ensemble
 from budgetnet.models.checkpoint import load_release
-from budgetnet.models.resnet import ResNetSpec
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.submission.csv_file import (
     check_submission,
     read_submission,

@@ -9,18 +9,11 @@ import pytest
 import torch
 import torchvision
 
+from budgetnet.cli import add_model_arguments, spec_from_args
 from budgetnet.errors import UserError
-from budgetnet.models.resnet import (
-    DEFAULT_PRESET,
-    PRESETS,
-    ResNetSpec,
-    add_model_arguments,
-    build,
-    create_model,
-    get_preset,
-    list_presets,
-    spec_from_args,
-)
+from budgetnet.models.builder import build
+from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, create_model, list_models, model_spec
 
 # Published counts (see docs/models.md for where each comes from).
 PRESET_PARAMS = {
@@ -43,13 +36,13 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_the_zoo_is_pinned():
-    assert list_presets() == list(PRESET_PARAMS)
+    assert list_models() == list(PRESET_PARAMS)
 
 
 @pytest.mark.parametrize("name", list(PRESET_PARAMS))
 def test_preset_count_forward_and_gradients(name):
     torch.manual_seed(0)
-    spec = get_preset(name)
+    spec = model_spec(name)
     model = create_model(name)
     assert n_params(model) == PRESET_PARAMS[name]
     batch = 1 if spec.input_size > 32 else 2  # keep the 224 px ImageNet networks quick on CPU
@@ -78,8 +71,8 @@ def test_imagenet_bottlenecks_match_torchvision(depth):
 
 
 def test_default_preset_is_the_5m_resnet24():
-    spec = get_preset(DEFAULT_PRESET)
-    assert DEFAULT_PRESET == "resnet24_b343"
+    spec = model_spec(DEFAULT_MODEL)
+    assert DEFAULT_MODEL == "resnet24_b343"
     assert (spec.blocks, spec.channels, spec.kernel, spec.pool) == ((3, 4, 3), (66, 132, 264), 3, 8)
     assert spec.shortcut == "projection" and spec.block == "basic"
 
@@ -98,8 +91,8 @@ def test_spec_round_trips_through_json_and_rebuilds_the_same_network():
 
 
 def test_from_dict_rejects_unknown_and_missing_keys():
-    d = get_preset("resnet20").to_dict()
-    with pytest.raises(UserError, match=r"unknown model spec keys \['widht'\]"):
+    d = model_spec("resnet20").to_dict()
+    with pytest.raises(UserError, match=r"unknown model spec key\(s\) widht;"):
         ResNetSpec.from_dict({**d, "widht": 3})
     del d["channels"]
     with pytest.raises(UserError, match="missing"):
@@ -124,7 +117,7 @@ def test_from_dict_rejects_unknown_and_missing_keys():
     ],
 )
 def test_validation_messages(fields, message):
-    base = get_preset("resnet24_b343").to_dict()
+    base = model_spec("resnet24_b343").to_dict()
     if message is None:
         ResNetSpec.from_dict({**base, **fields})
         return
@@ -146,10 +139,10 @@ def parse(*argv: str) -> ResNetSpec:
 
 
 def test_flags_map_onto_the_spec():
-    resnet24 = get_preset("resnet24_b343")
+    resnet24 = model_spec("resnet24_b343")
     assert parse() == resnet24
     assert parse("--blocks", "3", "4", "3", "--channels", "66", "132", "264") == resnet24
-    spec = parse("--preset", "resnet20", "--kernel", "5", "--pool", "8", "--block", "preact",
+    spec = parse("--model", "resnet20", "--kernel", "5", "--pool", "8", "--block", "preact",
                  "--shortcut", "projection", "--strides", "1", "2", "1", "--dropout", "0.2",
                  "--head-dropout", "0.3", "--num-classes", "100", "--input-size", "64",
                  "--stem", "imagenet", "--stem-channels", "8", "--pool-type", "max")  # fmt: skip
@@ -158,17 +151,17 @@ def test_flags_map_onto_the_spec():
         strides=(1, 2, 1), dropout=0.2, head_dropout=0.3, num_classes=100, input_size=64,
         stem="imagenet", stem_channels=8, pool_type="max",
     )  # fmt: skip
-    with pytest.raises(UserError, match="unknown preset 'resnet9'"):
-        parse("--preset", "resnet9")
+    with pytest.raises(UserError, match="unknown model 'resnet9'"):
+        parse("--model", "resnet9")
 
 
 def test_create_model_applies_overrides_like_timm():
     model = create_model("resnet18", num_classes=100)
     assert model.spec == ResNetSpec((2, 2, 2, 2), (64, 128, 256, 512), num_classes=100)
     assert model.head.fc.out_features == 100
-    with pytest.raises(UserError, match="unknown model spec keys"):
+    with pytest.raises(UserError, match="unknown model spec key"):
         create_model("resnet18", classes=100)
-    assert create_model(get_preset("resnet20")).spec == PRESETS["resnet20"].spec
+    assert create_model(model_spec("resnet20")).spec == MODELS["resnet20"].spec
 
 
 def test_identity_shortcut_zero_pads_and_subsamples():

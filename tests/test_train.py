@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -20,10 +21,12 @@ from PIL import Image
 
 from budgetnet.data.normalization import Normalization
 from budgetnet.data.sources import DataSplits
-from budgetnet.errors import UserError
+from budgetnet.errors import ArgumentParser, UserError
+from budgetnet.evaluation.metrics import metrics
 from budgetnet.models import checkpoint
-from budgetnet.models.resnet import ResNetSpec
-from budgetnet.training import engine, optim
+from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.zoo import model_spec
+from budgetnet.training import engine, optim, schedule
 from budgetnet.training.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
 from budgetnet.training.config import TrainConfig
 
@@ -177,7 +180,7 @@ def test_cosine_schedule_at_exact_steps():
         epochs=10, warmup_epochs=2, lr=0.1, batch_size=256, lr_base_size=128, min_lr=0.001
     )
     optimizer = _optimizer(config)
-    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=100)
+    set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=100)
     peak = 0.2  # lr per 128 images, at 256 per batch
     assert set_lr(0) == pytest.approx(0.0)
     assert set_lr(100) == pytest.approx(peak / 2)  # halfway through the warmup
@@ -192,7 +195,7 @@ def test_cosine_schedule_at_exact_steps():
 def test_onecycle_schedule_peaks_at_epoch_5_of_24():
     config = TrainConfig(epochs=24, sched="onecycle", opt="adam", lr=0.01, batch_size=128)
     optimizer = _optimizer(config)
-    set_lr = optim.make_schedule(config, optimizer, steps_per_epoch=10)
+    set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=10)
     lrs = [set_lr(step) for step in range(240)]
     assert int(np.argmax(lrs)) == 49  # 5/24 of 240 steps, counted from 0
     assert max(lrs) == pytest.approx(0.01)
@@ -201,7 +204,7 @@ def test_onecycle_schedule_peaks_at_epoch_5_of_24():
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
-    from budgetnet.models.resnet import build
+    from budgetnet.models.builder import build
 
     model = build(ResNetSpec((1,), (8,)))
     groups = optim.make_optimizer(TrainConfig(), model).param_groups
@@ -336,7 +339,7 @@ def test_early_stopping(cifar, tmp_path):
     assert results["epochs_run"] == 2
 
 
-def test_config_file_presets_and_unknown_keys(cifar, tmp_path, run_script):
+def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path, run_script):
     config = tmp_path / "c.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -348,7 +351,7 @@ def test_config_file_presets_and_unknown_keys(cifar, tmp_path, run_script):
                 "warmup_epochs": 0,
                 "val_size": 40,
                 "device": "cpu",
-                "model": {"preset": "resnet20", "channels": [4, 8, 16]},
+                "model": {"name": "resnet20", "channels": [4, 8, 16]},
             }
         )
     )
@@ -376,17 +379,29 @@ def test_config_file_presets_and_unknown_keys(cifar, tmp_path, run_script):
     assert result.returncode == 2 and "unknown preset" in result.stderr
 
 
-def test_training_preset_resolves_recipe_and_model():
-    from budgetnet.training.config import PRESETS
+def test_preset_is_the_recipe_file_and_flags_win():
+    from budgetnet.cli import add_training_arguments, resolve_training
+    from budgetnet.training.config import read_config_file, recipe_file
 
-    sys.path.insert(0, str(REPO / "code"))
-    import train
+    parser = ArgumentParser()
+    add_training_arguments(parser)
+    recipe = read_config_file(recipe_file("cpu_quick"))
+    config, spec = resolve_training(parser.parse_args(["--preset", "cpu-quick", "--epochs", "3"]))
+    assert config.epochs == 3 and config.batch_size == recipe["batch_size"]
+    assert list(spec.channels) == recipe["model"]["channels"]
+    same, _ = resolve_training(parser.parse_args(["--config", str(recipe_file("cpu_quick"))]))
+    assert same == dataclasses.replace(config, epochs=recipe["epochs"])
+    _, other = resolve_training(parser.parse_args(["--preset", "cpu-quick", "--model", "resnet20"]))
+    assert other == model_spec("resnet20")  # --model names another network: the file's fields go
 
-    args = train.parse(["--preset", "cpu-quick", "--epochs", "3"])
-    config, model = train.train_config.resolve(args, train.MODEL_KEYS)
-    assert config.epochs == 3 and config.batch_size == PRESETS["cpu-quick"]["batch_size"]
-    spec = train.resolve_spec(args, model)
-    assert list(spec.channels) == PRESETS["cpu-quick"]["model"]["channels"]
+
+def _free_port() -> int:
+    """A port nothing listens on now (a fixed one collides with a concurrent run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -400,7 +415,7 @@ def test_two_process_gloo_run(cifar, tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29517",
+            str(_free_port()),
             "code/train.py",
             "--data",
             str(cifar),
@@ -544,7 +559,8 @@ def test_cutout_erases_one_fixed_square_with_the_mean_colour():
 
 
 def test_new_settings_are_checked_and_parsed():
-    from budgetnet.training.config import MLFLOW_DEFAULT, add_config_arguments, merge
+    from budgetnet.cli import add_config_arguments
+    from budgetnet.training.config import MLFLOW_DEFAULT, merge
 
     assert merge(TrainConfig(), {"color_jitter": 0.4}, "f").color_jitter == [0.4]
     for bad in (
@@ -567,7 +583,7 @@ def test_new_settings_are_checked_and_parsed():
 
 def test_constant_schedule_and_imagenet_normalisation():
     config = TrainConfig(sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32)
-    set_lr = optim.make_schedule(config, _optimizer(config), steps_per_epoch=10)
+    set_lr = schedule.make_schedule(config, _optimizer(config), steps_per_epoch=10)
     assert [set_lr(step) for step in (0, 55, 199)] == pytest.approx([1e-3] * 3)
     from timm.data import IMAGENET_DEFAULT_MEAN
 
@@ -580,6 +596,6 @@ def test_constant_schedule_and_imagenet_normalisation():
 def test_top5_is_scored_for_more_than_ten_classes():
     probs = torch.eye(20)[[0, 1, 2]] * 0.5 + torch.linspace(0.02, 0.01, 20) / 2
     labels = np.array([0, 3, 19])  # the first guess, the fourth, not among the first five
-    got = engine.scores(probs, labels)
+    got = metrics(probs.numpy(), labels)
     assert got["acc"] == pytest.approx(1 / 3) and got["top5"] == pytest.approx(2 / 3)
-    assert "top5" not in engine.scores(torch.eye(10)[[0, 1]], np.array([0, 1]))
+    assert "top5" not in metrics(np.eye(10)[[0, 1]], np.array([0, 1]))

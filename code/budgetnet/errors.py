@@ -38,6 +38,18 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def reject_unknown(given: Any, known: Any, what: str, where: str = "") -> None:
+    """One error for keys that nothing reads, so a typo never silently falls back to a
+    default: `what` names them ("setting"), `where` says whose they are (a file's name)."""
+    unknown = sorted(str(key) for key in set(given) - set(known))
+    if unknown:
+        raise UserError(
+            f"{where + ': ' if where else ''}unknown {what}(s) "
+            f"{shorten(', '.join(unknown), 200)}; known: "
+            f"{shorten(', '.join(map(str, known)), 600)}"
+        )
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from budgetnet.data.safe_pickle import safe_load
+from budgetnet.data.safe_pickle import pickle_field, safe_load
 from budgetnet.data.sources import IMAGE_SIZE, ImageSet
 from budgetnet.errors import UserError, brief
 from budgetnet.files import atomic_write
@@ -33,14 +33,6 @@ class UnlabeledSet:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def _get(payload: dict, key: str, path: Path):
-    for k in (key.encode(), key):
-        if k in payload:
-            return payload[k]
-    found = ", ".join(brief(k, 30) for k in list(payload)[:6]) or "none"
-    raise UserError(f"{path}: missing key b'{key}' (keys found: {found})")
 
 
 def _images_from(data, path: Path) -> np.ndarray:
@@ -105,10 +97,10 @@ def read_unlabeled_pickle(path: str | Path) -> UnlabeledSet:
     payload = safe_load(path)
     if not isinstance(payload, dict):
         raise UserError(f"{path}: holds {brief(payload)}, expected a dict with b'data' and b'ids'")
-    images = _images_from(_get(payload, "data", path), path)
+    images = _images_from(pickle_field(payload, "data", str(path)), path)
     if len(images) == 0:
         raise UserError(f"{path}: holds no images")
-    ids = _ids_from(_get(payload, "ids", path), len(images), path)
+    ids = _ids_from(pickle_field(payload, "ids", str(path)), len(images), path)
     return UnlabeledSet(images, ids, str(path))
 
 

@@ -357,3 +357,15 @@ def safe_loads(data: bytes, *, what: str = "pickle") -> Any:
 def safe_load(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
     """Read and safely unpickle the file at `path` (see `safe_loads`)."""
     return safe_loads(read_regular_file(path, max_bytes, "pickle file"), what=str(path))
+
+
+def pickle_field(payload: Any, key: str, where: str) -> Any:
+    """payload[key] under the byte-string key Python 2 pickles use (CIFAR's batches, the Kaggle
+    pickle) or the str key of a re-pickle; a one-line error naming the keys found otherwise."""
+    if isinstance(payload, dict):
+        for k in (key.encode(), key):
+            if k in payload:
+                return payload[k]
+        found = ", ".join(brief(k, 30) for k in list(payload)[:6]) or "none"
+        raise UserError(f"{where}: missing key b'{key}' (keys found: {found})")
+    raise UserError(f"{where}: expected a dict with key b'{key}', got {brief(payload)}")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from budgetnet.data.normalization import Normalization
-from budgetnet.data.safe_pickle import MAX_FILE_BYTES, safe_loads
+from budgetnet.data.safe_pickle import MAX_FILE_BYTES, pickle_field, safe_loads
 from budgetnet.errors import UserError, shorten
 from budgetnet.files import atomic_write, read_regular_file
 
@@ -94,15 +94,6 @@ def _decode_names(names: list) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _field(batch: object, key: str, where: str):
-    """batch[key] for the byte-string keys Python 2 pickles have (or str keys of re-pickles)."""
-    if isinstance(batch, dict):
-        for k in (key.encode(), key):
-            if k in batch:
-                return batch[k]
-    raise UserError(f"{where}: expected a dict with key {key!r}; is this a CIFAR python file?")
-
-
 def _cifar_rows_to_hwc(rows: np.ndarray, where: str) -> np.ndarray:
     """CIFAR stores each image as 3072 bytes: the red plane, then green, then blue (CHW)."""
     rows = np.asarray(rows)
@@ -113,15 +104,15 @@ def _cifar_rows_to_hwc(rows: np.ndarray, where: str) -> np.ndarray:
 
 def _read_cifar10(read: Callable[[str], bytes], split: str, where: str) -> ImageSet:
     meta = safe_loads(read("batches.meta"), what=f"{where}/batches.meta")
-    classes = _decode_names(_field(meta, "label_names", f"{where}/batches.meta"))
+    classes = _decode_names(pickle_field(meta, "label_names", f"{where}/batches.meta"))
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
     for name in names:
         batch = safe_loads(read(name), what=f"{where}/{name}")
         images.append(
-            _cifar_rows_to_hwc(_field(batch, "data", f"{where}/{name}"), f"{where}/{name}")
+            _cifar_rows_to_hwc(pickle_field(batch, "data", f"{where}/{name}"), f"{where}/{name}")
         )
-        labels.append(np.asarray(_field(batch, "labels", f"{where}/{name}"), dtype=np.int64))
+        labels.append(np.asarray(pickle_field(batch, "labels", f"{where}/{name}"), dtype=np.int64))
     return ImageSet(
         np.concatenate(images),
         np.concatenate(labels),
@@ -132,16 +123,16 @@ def _read_cifar10(read: Callable[[str], bytes], split: str, where: str) -> Image
 
 def _read_cifar100(read: Callable[[str], bytes], split: str, where: str) -> ImageSet:
     meta = safe_loads(read("meta"), what=f"{where}/meta")
-    fine = _decode_names(_field(meta, "fine_label_names", f"{where}/meta"))
-    coarse = _decode_names(_field(meta, "coarse_label_names", f"{where}/meta"))
+    fine = _decode_names(pickle_field(meta, "fine_label_names", f"{where}/meta"))
+    coarse = _decode_names(pickle_field(meta, "coarse_label_names", f"{where}/meta"))
     batch = safe_loads(read(split), what=f"{where}/{split}")
-    images = _cifar_rows_to_hwc(_field(batch, "data", f"{where}/{split}"), f"{where}/{split}")
+    images = _cifar_rows_to_hwc(pickle_field(batch, "data", f"{where}/{split}"), f"{where}/{split}")
     return ImageSet(
         images,
-        np.asarray(_field(batch, "fine_labels", f"{where}/{split}"), dtype=np.int64),
+        np.asarray(pickle_field(batch, "fine_labels", f"{where}/{split}"), dtype=np.int64),
         fine,
         f"CIFAR-100 python files {where} ({split}, fine labels)",
-        np.asarray(_field(batch, "coarse_labels", f"{where}/{split}"), dtype=np.int64),
+        np.asarray(pickle_field(batch, "coarse_labels", f"{where}/{split}"), dtype=np.int64),
         coarse,
     )
 

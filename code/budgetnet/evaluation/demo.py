@@ -16,7 +16,7 @@ import torch
 
 from budgetnet.data.sources import ImageSet, decode_images, load_split
 from budgetnet.errors import UserError
-from budgetnet.evaluation.report import Ensemble
+from budgetnet.evaluation.ensemble import Ensemble
 
 TOP_K = 5
 CPU = torch.device("cpu")  # one image at a time: a GPU would only add transfers
@@ -73,7 +73,7 @@ class Classifier:
         return {self.ensemble.classes[i]: float(probs[i]) for i in top}
 
 
-def build(classify: Classifier, examples: ImageSet | None = None) -> gr.Blocks:
+def build_page(classify: Classifier, examples: ImageSet | None = None) -> gr.Blocks:
     """The page: an image input, the top-5 label output, and the examples under them."""
     ensemble = classify.ensemble
     description = (

@@ -1,28 +1,111 @@
-"""The evaluation report's figures: confusion matrix, misclassified gallery, per-class accuracy
-and reliability diagram.
+"""Every figure the project draws: training curves, the learning-rate range test, and the
+evaluation report's confusion matrix, misclassified gallery, per-class accuracy and reliability
+diagram.
 
 Drawn with matplotlib's object API (`Figure`, no pyplot), so nothing depends on a display or
-on global state, and each PNG is written atomically.
+on global state, and every PNG is written atomically by `save_figure`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from budgetnet.evaluation.report import Evaluation, Reliability
 from budgetnet.files import atomic_write
+
+if TYPE_CHECKING:  # for the hints only: the report imports this module to draw its plots
+    from budgetnet.evaluation.metrics import Reliability
+    from budgetnet.evaluation.report import Evaluation
 
 GALLERY_SIZE = 36  # misclassified images shown, most confident mistakes first
 ANNOTATE_UP_TO = 20  # classes; beyond this the confusion matrix's counts would not be legible
+HISTORY_CURVES = {  # file name -> (title, y label, [(history column, legend)])
+    "loss_curve.png": ("Loss", "cross-entropy", [("train_loss", "train"), ("val_loss", "val")]),
+    "accuracy_curve.png": ("Accuracy", "accuracy", [("train_acc", "train"), ("val_acc", "val")]),
+    "lr_curve.png": ("Learning rate (at the end of each epoch)", "learning rate", [("lr", "lr")]),
+}
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """The figure as a PNG at `path`, written atomically (a reader never sees half of it)."""
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
-    return path
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def history_figure(
+    rows: list[dict], title: str, ylabel: str, series: Sequence[tuple[str, str]]
+) -> Figure:
+    """History columns (`series`: (column, legend)) against the epoch; a column never filled
+    in (no validation split) is left out."""
+    epochs = [row["epoch"] + 1 for row in rows]
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    for column, label in series:
+        values = [row.get(column) for row in rows]
+        if any(v is not None for v in values):
+            ax.plot(
+                epochs,
+                [float("nan") if v is None else v for v in values],
+                label=label,
+                marker="o" if len(rows) < 30 else None,
+            )
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return figure
+
+
+def write_history_plots(rows: list[dict], folder: str | Path, title: str = "") -> list[Path]:
+    """The loss, accuracy and learning-rate curves of a run's history (HISTORY_CURVES) in
+    `folder`; returns their paths."""
+    return [
+        save_figure(
+            history_figure(rows, f"{heading} {title}".strip(), ylabel, series),
+            Path(folder) / name,
+        )
+        for name, (heading, ylabel, series) in HISTORY_CURVES.items()
+    ]
+
+
+def lr_range_figure(result: dict) -> Figure:
+    """The loss against the learning rate of `budgetnet.training.lr_range.lr_range_test`'s
+    result, raw and smoothed, with the suggested learning rate marked."""
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    ax.plot(result["lr"], result["loss"], alpha=0.3, label="loss")
+    ax.plot(result["lr"], result["smoothed"], label="smoothed")
+    ax.axvline(
+        result["suggested_lr"],
+        color="k",
+        linestyle="--",
+        label=f"steepest descent {result['suggested_lr']:.2g}",
+    )
+    ax.set(
+        xscale="log",
+        xlabel="learning rate (per batch)",
+        ylabel="training loss",
+        title="Learning-rate range test",
+    )
+    # The blow-up at the end would squash the part worth reading.
+    top = min(max(result["smoothed"]), 3 * min(result["smoothed"]))
+    ax.set_ylim(top=top + 0.1 * abs(top))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
@@ -108,12 +191,12 @@ def reliability_figure(curve: Reliability) -> Figure:
     used = curve.count > 0
     figure = Figure(figsize=(6, 6))
     ax = figure.subplots()
-    ax.bar(centres[used], curve.accuracy[used], width, edgecolor="black", label="accuracy")
+    ax.bar(centres[used], curve.acc[used], width, edgecolor="black", label="accuracy")
     ax.bar(
         centres[used],
-        curve.confidence[used] - curve.accuracy[used],
+        curve.confidence[used] - curve.acc[used],
         width,
-        bottom=curve.accuracy[used],
+        bottom=curve.acc[used],
         color="tab:red",
         alpha=0.3,
         edgecolor="tab:red",
@@ -129,7 +212,9 @@ def reliability_figure(curve: Reliability) -> Figure:
     return figure
 
 
-def write_plots(evaluation: Evaluation, folder: str | Path, prefix: str) -> dict[str, Path]:
+def write_evaluation_plots(
+    evaluation: Evaluation, folder: str | Path, prefix: str
+) -> dict[str, Path]:
     """The four figures as `folder/<prefix>-<name>.png`; returns name -> path."""
     report, images = evaluation.report, evaluation.images
     main = next(r for r in report["tta"] if r["level"] == report["main_tta"])
@@ -138,10 +223,10 @@ def write_plots(evaluation: Evaluation, folder: str | Path, prefix: str) -> dict
         "misclassified": misclassified_figure(
             images.images, images.labels, evaluation.probs, report["classes"]
         ),
-        "per-class-accuracy": per_class_accuracy_figure(report["per_class"], main["accuracy"]),
+        "per-class-accuracy": per_class_accuracy_figure(report["per_class"], main["acc"]),
         "reliability": reliability_figure(evaluation.reliability),
     }
     return {
-        name: _save(figure, Path(folder) / f"{prefix}-{name}.png")
+        name: save_figure(figure, Path(folder) / f"{prefix}-{name}.png")
         for name, figure in figures.items()
     }

@@ -15,6 +15,9 @@ from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
 from budgetnet.runtime import autocast
 
 TTA_LEVELS = (0, 1, 2)
+# Images per forward pass: on 2 CPU cores, batches of 64-128 label about 1.45x faster than
+# batches of 500 (benchmarks/inference_speed.py); a GPU may prefer larger ones (--batch-size).
+BATCH_SIZE = 128
 
 
 def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -36,6 +39,11 @@ def tta_views(x: torch.Tensor, level: int) -> list[torch.Tensor]:
     return views
 
 
+def view_count(level: int) -> int:
+    """How many views of each image a TTA level averages (asked of `tta_views` itself)."""
+    return len(tta_views(torch.zeros(1, 3, 4, 4), level))
+
+
 @torch.no_grad()
 def infer(
     model: nn.Module,
@@ -43,7 +51,7 @@ def infer(
     normalization: Normalization,
     *,
     tta: int = 0,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     device: torch.device | None = None,
     amp: bool = True,
 ) -> torch.Tensor:
@@ -53,6 +61,7 @@ def infer(
     """
     device = device or next(model.parameters()).device
     size = getattr(getattr(model, "spec", None), "input_size", None)
+    channels_last = _is_channels_last(model)
     was_training = model.training
     model.eval()
     images = as_uint8_nchw(images)
@@ -63,6 +72,7 @@ def infer(
                 images[start : start + batch_size].to(device, non_blocking=True),
                 normalization,
                 size,
+                channels_last,
             )
             with autocast(device, amp):
                 views = tta_views(x, tta)
@@ -71,3 +81,11 @@ def infer(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's convolutions hold channels_last weights (inputs then follow; a
+    release loads that way, a training run as --channels-last says)."""
+    weights = (m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
+    first = next(weights, None)
+    return first is None or first.is_contiguous(memory_format=torch.channels_last)

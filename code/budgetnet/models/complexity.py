@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
 from typing import NamedTuple
 
-from budgetnet.models.resnet import Block, Layer, ResNetSpec
+from budgetnet.models.spec import Block, Layer, ResNetSpec
+from budgetnet.tables import markdown_table
 
 # No parameters, no FLOPs, same numbers out.
 _SILENT_OPS = ("relu", "gelu", "dropout", "flatten", "scale")
@@ -116,35 +116,6 @@ def layer_table(spec: ResNetSpec) -> list[LayerRow]:
             )
             rows.append(LayerRow(name, layer.op, shape, layer_params(layer), 2 * layer_macs(layer)))
     return rows
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A padded Markdown table (readable as plain text too); numbers align right."""
-    cells = [[str(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    numeric = [bool(rows) and isinstance(rows[0][i], int | float) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        padded = (
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(row, widths, numeric, strict=True)
-        )
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (w + 1) + (":" if num else "-") for w, num in zip(widths, numeric, strict=True)
-    )
-    return "\n".join([line(cells[0]), rule + "|", *map(line, cells[1:])])
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def format_summary(spec: ResNetSpec) -> str:

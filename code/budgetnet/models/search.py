@@ -25,8 +25,9 @@ import yaml
 
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write
-from budgetnet.models.complexity import count_flops, count_params, markdown_table
-from budgetnet.models.resnet import ResNetSpec
+from budgetnet.models.complexity import count_flops, count_params
+from budgetnet.models.spec import ResNetSpec
+from budgetnet.tables import markdown_table
 
 RANKING_RULE = "most FLOPs per image first, then fewer parameters"
 COLUMNS = ("rank", "blocks", "channels", "kernel", "pool", "params", "flops", "pareto")

@@ -22,19 +22,15 @@ from pathlib import Path
 from budgetnet import runs
 from budgetnet.errors import UserError
 from budgetnet.evaluation.corruptions import DEFAULT_SEVERITIES
-from budgetnet.evaluation.figures import write_plots
-from budgetnet.evaluation.report import (
-    evaluate,
-    labeled_split,
-    load_ensemble,
-    write_json,
-    write_markdown,
-)
+from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
+from budgetnet.evaluation.infer import BATCH_SIZE
+from budgetnet.evaluation.report import evaluate_ensemble, write_report
 from budgetnet.files import atomic_write
 from budgetnet.models import checkpoint
-from budgetnet.models.complexity import count_flops, count_params, markdown_table
-from budgetnet.models.resnet import ResNetSpec
+from budgetnet.models.complexity import count_flops, count_params
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.runtime import cpu_model, resolve_device
+from budgetnet.tables import markdown_table, percent
 
 RUN_FILES = ("config.yaml", "history.csv", "results.json")
 CURVES = ("loss_curve.png", "accuracy_curve.png", "lr_curve.png")
@@ -101,20 +97,18 @@ def evaluate_release(
     device = resolve_device("auto")
     ensemble = load_ensemble([folder], device)
     images = labeled_split(ensemble, "test", data)
-    result = evaluate(
+    result = evaluate_ensemble(
         ensemble,
         images,
         split="test",
         tta_levels=[0, 1, 2],
-        batch_size=128,
+        batch_size=BATCH_SIZE,
         device=device,
         corruptions=[],
         severities=list(DEFAULT_SEVERITIES),
         corruption_images=corruption_images,
     )
-    plots = write_plots(result, plots_dir, "test")
-    write_json(report_dir / "evaluation-test.json", result.report)
-    write_markdown(report_dir / "evaluation-test.md", result.report, plots)
+    write_report(result, report_dir, plots_dir)
     return result.report
 
 
@@ -135,39 +129,42 @@ def run_row(run_dir: Path, report: dict) -> dict:
         "device": provenance.get("cpu") or f"CPU, model not recorded (published on {cpu_model()})",
         "val_size": config["config"]["val_size"],
         "val_acc": results.get("val_acc"),
-        "test_acc": {str(row["level"]): row["accuracy"] for row in report["tta"]},
+        "test_acc": {str(row["level"]): row["acc"] for row in report["tta"]},
         "corruptions": {
             name: statistics.mean(by_severity.values())
-            for name, by_severity in sweep["accuracy"].items()
+            for name, by_severity in sweep["acc"].items()
         },
         "corruption_images": sweep["images"],
-        "corruption_clean": sweep["clean_accuracy"],
+        "corruption_clean": sweep["clean_acc"],
         "command": provenance.get("command"),
         "git_revision": provenance.get("git_revision"),
         "seed": config["config"]["seed"],
     }
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+RUNS_HEADER = (
+    "run", "model", "parameters", "FLOPs/image", "epochs", "train s", "trained on",
+    "val acc (%)", "test TTA 0 (%)", "TTA 1 (%)", "TTA 2 (%)",
+)  # fmt: skip
 
 
 def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> str:
+    """docs/results.md: a row per run, its accuracy under corruptions and its command."""
     main = [
         (
             r["run"], r["model"], r["parameters"], r["flops"], r["epochs"],
             round(r["train_seconds"]), r["device"],
-            _pct(r["val_acc"]) if r["val_size"] else "none held out",
-            *(_pct(r["test_acc"].get(level)) for level in ("0", "1", "2")),
+            percent(r["val_acc"]) if r["val_size"] else "none held out",
+            *(percent(r["test_acc"].get(level)) for level in ("0", "1", "2")),
         )
         for r in rows
     ]  # fmt: skip
     names = list(rows[0]["corruptions"]) if rows else []
     robust = [
         (
-            r["run"], r["corruption_images"], _pct(r["corruption_clean"]),
-            *(_pct(r["corruptions"][n]) for n in names),
-            _pct(statistics.mean(r["corruptions"].values())),
+            r["run"], r["corruption_images"], percent(r["corruption_clean"]),
+            *(percent(r["corruptions"][n]) for n in names),
+            percent(statistics.mean(r["corruptions"].values())),
         )
         for r in rows
     ]  # fmt: skip
@@ -181,22 +178,7 @@ def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> 
         "",
         f"The release in `trained_model/` is **{release}**." if release else "",
         "",
-        markdown_table(
-            [
-                "run",
-                "model",
-                "parameters",
-                "FLOPs/image",
-                "epochs",
-                "train s",
-                "trained on",
-                "val acc (%)",
-                "test TTA 0 (%)",
-                "TTA 1 (%)",
-                "TTA 2 (%)",
-            ],
-            main,
-        ),  # fmt: skip
+        markdown_table(RUNS_HEADER, main),
         "",
         f"Accuracy (%) under corruptions at TTA 2, the mean over severities "
         f"{', '.join(map(str, DEFAULT_SEVERITIES))}, on a stratified sample of the test split "
@@ -219,7 +201,7 @@ def record_row(results_dir: Path, row: dict) -> list[dict]:
     path = results_dir / ROWS_FILE
     rows = json.loads(path.read_text()) if path.is_file() else []
     rows = [r for r in rows if r["run"] != row["run"]] + [row]
-    write_json(path, rows)
+    runs.write_json(path, rows)
     return rows
 
 

@@ -250,6 +250,7 @@ class BatchAugment:
         from timm.data.random_erasing import RandomErasing
 
         self.normalization, self.image_size = normalization, image_size
+        self.channels_last = config.channels_last  # the model's memory order (engine.setup)
         self.erase = None
         if config.reprob:
             # Cutout (albumentations' CoarseDropout with one hole) is RandomErasing of a fixed
@@ -276,7 +277,7 @@ class BatchAugment:
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        x = normalize(images, self.normalization, self.image_size)
+        x = normalize(images, self.normalization, self.image_size, self.channels_last)
         if self.erase is not None:
             x = self.erase(x)
         if self.mix is not None:

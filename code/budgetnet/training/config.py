@@ -4,23 +4,24 @@ Defaults are the recipe of the 4.9M-parameter ResNet-24 Kaggle project (95%+ on 
 SGD + momentum, cosine annealing with linear warmup, random crop + flip, RandAugment,
 RandomErasing, label smoothing 0.05. Values are resolved in this order, later wins:
 
-    defaults  <  --preset (a training preset below)  <  --config FILE.yaml  <  flags
+    defaults  <  --preset NAME (configs/NAME.yaml)  <  --config FILE.yaml  <  flags
 
-A config file holds these keys plus `model:` (a model preset name or spec fields); an unknown
-key anywhere is an error, so a typo never silently trains the default.
+A config file holds these keys plus `model:` (a registered model's name, or a mapping of spec
+fields with an optional `name:`); an unknown key anywhere is an error, so a typo never
+silently trains the default. budgetnet.cli turns command lines into these settings.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 from budgetnet.data.sources import IMAGE_SIZE
-from budgetnet.errors import UserError, brief, shorten
+from budgetnet.errors import UserError, brief, reject_unknown, shorten
 from budgetnet.files import read_yaml
+from budgetnet.runs import REPO_ROOT
 
 # `--mlflow` without a URI: MLFLOW_TRACKING_URI if set, else MLflow's local default store
 # (./mlruns with MLflow 2; ./mlflow.db with MLflow 3, which retired the file store).
@@ -145,57 +146,31 @@ CHOICES = {
     "normalize": ("data", "imagenet"),
 }
 
-# Named training recipes: config overrides plus the model they were tuned for.
-PRESETS: dict[str, dict[str, Any]] = {
-    "resnet24-kaggle": {"model": {"preset": "resnet24_b343"}},
-    # A small, wide-enough ResNet that trains to 80%+ on CIFAR-10 in minutes on 2 CPU cores:
-    # batch augmentation on the device (no PIL workers), few epochs, no RandAugment.
-    "cpu-quick": {
-        "model": {"blocks": [1, 1, 1], "channels": [32, 64, 128], "pool": 0},
-        "epochs": 10,
-        "batch_size": 256,
-        "lr": 0.2,
-        "lr_base_size": 256,
-        "warmup_epochs": 1,
-        "aa": None,
-        "reprob": 0.0,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "val_size": 2000,
-        "tta": 1,
-    },
-    # airbench94's recipe on its network made a ResNet (fastres_s), run by the same engine:
-    # decoupled Nesterov SGD, BN biases at 64x the lr, label smoothing 0.2, a triangular
-    # schedule, Lookahead every 5 steps, alternating flip and 2 px reflect-padded translations,
-    # whitening stem, TTA level 2.
-    "fast": {
-        "model": {"preset": "fastres_s"},
-        "epochs": 10,
-        "batch_size": 1024,
-        "opt": "sgd",
-        "nesterov": True,
-        "momentum": 0.85,
-        "decoupled": True,
-        "lr": 11.5,
-        "lr_base_size": 1024,
-        "weight_decay": 0.0153,
-        "bias_lr_scale": 64.0,
-        "bias_decay": True,
-        "sched": "linear",
-        "warmup_epochs": 2.3,
-        "lr_start_factor": 0.2,
-        "lr_end_factor": 0.07,
-        "smoothing": 0.2,
-        "lookahead": 5,
-        "crop_padding": 2,
-        "padding_mode": "reflect",
-        "altflip": True,
-        "aa": None,
-        "reprob": 0.0,
-        "whiten_bias_epochs": 3.0,
-        "tta": 2,
-    },
-}
+# Named recipes are YAML files in configs/ (`--preset NAME` is `--config configs/NAME.yaml`).
+RECIPES_DIR = REPO_ROOT / "configs"
+
+
+def recipe_file(name: str) -> Path:
+    """The config file of recipe `name` ("cpu-quick" and "cpu_quick" name the same file)."""
+    path = RECIPES_DIR / f"{name.replace('-', '_')}.yaml"
+    if "/" in name or not path.is_file():
+        raise UserError(
+            f"unknown preset {shorten(repr(name))}; known: {', '.join(list_recipes())} "
+            "(the files in configs/; a model is --model NAME)"
+        )
+    return path
+
+
+def recipe_config(name: str) -> TrainConfig:
+    """Recipe `name`'s training settings over the defaults (its `model:` is the caller's)."""
+    path = recipe_file(name)
+    values = read_config_file(path)
+    values.pop("model", None)
+    return merge(TrainConfig(), values, str(path))
+
+
+def list_recipes() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
 def _check(config: TrainConfig) -> TrainConfig:
@@ -334,12 +309,7 @@ def _looks_numeric(text: str) -> bool:
 def merge(config: TrainConfig, overrides: dict[str, Any], where: str) -> TrainConfig:
     """`config` with `overrides` applied; unknown keys and values of the wrong type are errors
     naming `where`."""
-    unknown = sorted(str(key) for key in set(overrides) - set(FIELDS))
-    if unknown:
-        raise UserError(
-            f"{where}: unknown setting(s) {shorten(', '.join(unknown), 200)}; known: "
-            f"{', '.join(FIELDS)}"
-        )
+    reject_unknown(overrides, FIELDS, "setting", where)
     typed = {name: _typed(name, value, where) for name, value in overrides.items()}
     return _check(dataclasses.replace(config, **typed))
 
@@ -354,78 +324,3 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise UserError(f"{path}: expected a mapping of settings, got {brief(content)}")
     return content
-
-
-def _flag_type(field: dataclasses.Field):
-    kind = str(field.type)
-    if "bool" in kind:
-        return None  # handled as --x / --no-x
-    if "int" in kind:
-        return int
-    return float if "float" in kind else str
-
-
-def _flag_count(field: dataclasses.Field) -> dict[str, Any]:
-    """argparse's nargs (and const) for a field: lists take values, a field with a `bare`
-    value in its metadata may be given without one (`--mlflow` alone)."""
-    if str(field.type).startswith("list"):
-        return {"nargs": "+"}
-    if "bare" in field.metadata:
-        return {"nargs": "?", "const": field.metadata["bare"]}
-    return {}
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, named like timm's (`--warmup-epochs`, `--reprob`, ...).
-    Defaults are suppressed so that only flags the user typed override the config."""
-    group = parser.add_argument_group("training (defaults: budgetnet.training.config.TrainConfig)")
-    group.add_argument("--config", help="a YAML file of settings (and `model:`)")
-    for name, field in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        kind = _flag_type(field)
-        default = field.default
-        if kind is None:
-            group.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"(default {default})",
-            )
-        else:
-            choices = CHOICES.get(name)
-            count = _flag_count(field)
-            bare = f"; alone: {count['const']}" if "const" in count else ""
-            group.add_argument(
-                flag,
-                type=kind,
-                choices=choices,
-                default=argparse.SUPPRESS,
-                metavar=None if choices else name.upper(),
-                help=f"(default {default}{bare})",
-                **count,
-            )
-
-
-def resolve(args: argparse.Namespace, model_keys: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The TrainConfig and the model overrides (`model:` of presets and files) from the
-    defaults, `--preset` (if it names a training preset), `--config` and the typed flags.
-
-    Model flags typed on the command line are applied later by the caller (they win)."""
-    config, model = TrainConfig(), {}
-    preset = getattr(args, "preset", None)
-    if preset in PRESETS:
-        values = dict(PRESETS[preset])
-        model.update(values.pop("model", {}))
-        config = merge(config, values, f"preset {preset}")
-    if getattr(args, "config", None):
-        values = read_config_file(args.config)
-        model_part = values.pop("model", {}) or {}
-        if isinstance(model_part, str):
-            model_part = {"preset": model_part}
-        unknown = sorted(set(model_part) - model_keys - {"preset"})
-        if unknown:
-            raise UserError(f"{args.config}: unknown model setting(s) {', '.join(unknown)}")
-        model.update(model_part)
-        config = merge(config, values, args.config)
-    typed = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    return merge(config, typed, "command line"), model

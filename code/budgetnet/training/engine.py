@@ -1,39 +1,46 @@
 """The trainer: `fit(config, spec)` trains one network and leaves a complete run directory.
 
-One short function and its helpers, no framework. Per step: set the learning rate of this step,
-augment the batch on the device, forward under bf16 autocast, backward, step, update the EMA.
-Per epoch: validate on the held-out split with the shared `infer()`, write history.csv, the
-best model (a release) and the resume state. At the end: the test split, once, reported
-separately, and the plots. A `budgetnet.training.tracking.Tracker` reports along the way (the Markdown
-log, TensorBoard, MLflow).
+One short function over four steps, no framework:
+
+    setup        data, model, EMA, optimizer, schedule, batches: a `Session` (the LR range
+                 test shares it)
+    train_epoch  per step: this step's lr, augment the batch on the device, forward under
+                 autocast, backward, step, Lookahead, EMA
+    end_epoch    validate with the shared `infer()`, keep the best model as a release, count
+                 patience, write history.csv and the resume state
+    finish       the test split, once, reported separately; results.json and the plots
+
+The run record (config.yaml: settings, model, data, provenance) is built once in memory and
+passed down. A `budgetnet.training.tracking.Tracker` reports along the way (the Markdown log,
+TensorBoard, MLflow).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from budgetnet import runs
 from budgetnet.data.normalization import Normalization
-from budgetnet.data.sources import DataSplits, load_splits
+from budgetnet.data.sources import DataSplits, ImageSet, load_splits
 from budgetnet.errors import UserError, shorten
-from budgetnet.evaluation.history_plots import plot_history
+from budgetnet.evaluation.figures import confusion_figure, save_figure, write_history_plots
 from budgetnet.evaluation.infer import infer
+from budgetnet.evaluation.metrics import confusion_matrix, metrics
 from budgetnet.models import checkpoint
-from budgetnet.models.resnet import ResNetSpec, build
+from budgetnet.models.builder import build
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.models.whitening import init_whitening, sample_images
 from budgetnet.runtime import amp_dtype, autocast, configure_cpu, precision_name, resolve_device
+from budgetnet.training import distributed
 from budgetnet.training.augment import (
     BatchAugment,
     augmented_samples,
@@ -42,12 +49,10 @@ from budgetnet.training.augment import (
 )
 from budgetnet.training.config import TrainConfig, short_run_warmup
 from budgetnet.training.lookahead import Lookahead
-from budgetnet.training.optim import make_optimizer, make_schedule
+from budgetnet.training.optim import make_optimizer
+from budgetnet.training.schedule import make_schedule
 from budgetnet.training.tracking import Tracker
 
-# Top-5 accuracy is reported above this many classes: with CIFAR-10's ten, five guesses cover
-# half of the classes and the number says little.
-TOP5_ABOVE_CLASSES = 10
 CONFUSION_FILE = "confusion_matrix.png"  # of the test split, at the end
 SAMPLES_FILE = "augmentations.png"  # training images as the model gets them
 
@@ -101,31 +106,13 @@ def make_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], tor
     return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
 
 
-def scores(probs: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
-    """Cross-entropy `loss`, accuracy `acc` and, above TOP5_ABOVE_CLASSES classes, `top5`."""
-    target = torch.from_numpy(labels)
-    out = {
-        "loss": F.nll_loss(probs.clamp_min(1e-12).log(), target).item(),
-        "acc": (probs.argmax(1) == target).float().mean().item(),
-    }
-    if probs.shape[1] > TOP5_ABOVE_CLASSES:
-        top5 = probs.topk(5, dim=1).indices
-        out["top5"] = (top5 == target[:, None]).any(dim=1).float().mean().item()
-    return out
-
-
-def evaluate(
-    model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    splits: DataSplits,
-    device: torch.device,
-    amp: bool,
-    tta: int = 0,
-) -> dict[str, float]:
-    """`scores` of the probabilities of the shared `infer()`."""
-    probs = infer(model, images, splits.normalization, tta=tta, device=device, amp=amp)
-    return scores(probs, labels)
+def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0) -> dict:
+    """`metrics` of the probabilities of the shared `infer()` on a labeled split."""
+    probs = infer(
+        model, images.images, session.splits.normalization, tta=tta,
+        device=session.device, amp=session.config.amp,
+    )  # fmt: skip
+    return metrics(probs.numpy(), images.labels)
 
 
 def normalization(config: TrainConfig, splits: DataSplits) -> Normalization:
@@ -182,52 +169,6 @@ def init_model(model: nn.Module, spec: ResNetSpec, splits: DataSplits, seed: int
     return time.perf_counter() - started
 
 
-def _setup_line(config: TrainConfig, device: torch.device) -> str:
-    """Threads, allocator and precision, for the log (and the CPU set up on the way)."""
-    parts = [configure_cpu(config.threads, config.mallopt)] if device.type == "cpu" else []
-    parts.append(precision_name(device, config.amp))
-    if config.amp and amp_dtype(device) is None:
-        parts[-1] += f" (this {device.type.upper()} has no native bf16)"
-    return ", ".join(parts)
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    info = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    gpu = resolve_device(device_name).type == "cuda"
-    if gpu:
-        torch.cuda.set_device(info.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if gpu else "gloo")
-    return info
-
-
-def _reduce(values: list[float], device: torch.device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer
-
-
 def model_name(spec: ResNetSpec) -> str:
     """A short name for run directories: block type, B, C, F and P."""
     return (
@@ -236,240 +177,290 @@ def model_name(spec: ResNetSpec) -> str:
     )
 
 
-def fit(
+# --------------------------------------------------------------------------------------------
+# setup: everything a run needs, made once
+
+
+@dataclass
+class Session:
+    """What `setup` makes and every later step uses."""
+
+    config: TrainConfig
+    spec: ResNetSpec
+    splits: DataSplits
+    device: torch.device
+    ddp: distributed.Distributed
+    model: nn.Module  # the network itself: its state is saved and resumed
+    trained: nn.Module  # what steps: the model, wrapped by DDP and torch.compile if asked
+    ema: nn.Module | None  # timm ModelEmaV3
+    optimizer: torch.optim.Optimizer
+    batches: object  # budgetnet.training.augment's device or worker batches
+    augment: BatchAugment
+    loss_fn: Callable
+    set_lr: Callable[[int], float]
+    lookahead: Lookahead | None
+    stem: nn.Conv2d | None  # a whitening stem, whose bias trains for whiten_bias_epochs only
+    init_seconds: float
+    runtime: str  # threads, allocator and precision, for the log
+    log: Callable[[str], None] = print
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is validated and released: the EMA weights when there are any."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def stem_steps(self) -> int:
+        return round(self.config.whiten_bias_epochs * len(self.batches))
+
+
+def setup(
     config: TrainConfig,
     spec: ResNetSpec,
-    *,
-    resume: Path | None = None,
-    argv: list[str] | None = None,
     splits: DataSplits | None = None,
+    *,
+    initialise: bool = True,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Train `spec` with `config`; returns the final results (also in results.json).
-
-    `resume`: a run directory to continue from its last.pt. `splits`: already loaded data
-    (the budget search reuses one load for many runs)."""
-    from timm.utils import ModelEmaV3
-    from torchvision.utils import save_image
-    from tqdm import tqdm
-
-    config, note = short_run_warmup(config)
-    if note:
-        log(note)
-    ddp = init_distributed(config.device)
-    tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
+) -> Session:
+    """Data (loaded unless given), the model (data-dependent initialisation unless resuming),
+    its EMA, optimizer, schedule, batches and augmentation, on the configured device."""
+    ddp = distributed.init_distributed(config.device)
     device = resolve_device(config.device)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)
+    runtime = _runtime(config, device)  # threads and allocator first: they speed up the rest
     seed_everything(config.seed + ddp.rank)
     splits = splits or load_splits(
         config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
     )
     splits = replace(splits, normalization=normalization(config, splits))
-    classes = splits.train.classes
-    if spec.num_classes != len(classes):
-        log(f"model: num_classes set to {len(classes)} from the data")
-        spec = replace(spec, num_classes=len(classes))
-
-    run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(spec)))
-    setup = _setup_line(config, device)
+    if spec.num_classes != len(splits.train.classes):
+        log(f"model: num_classes set to {len(splits.train.classes)} from the data")
+        spec = replace(spec, num_classes=len(splits.train.classes))
     model = build(spec)
-    init_seconds = init_model(model, spec, splits, config.seed) if resume is None else 0.0
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
-    optimizer = make_optimizer(config, model)
+    init_seconds = init_model(model, spec, splits, config.seed) if initialise else 0.0
+    model = model.to(device, memory_format=_memory_format(config))
     batches = make_batches(
         splits.train.images, splits.train.labels, config, device, ddp.rank, ddp.world
     )
     if len(batches) == 0:
         raise UserError(
-            f"{len(splits.train)} training images make no batch of "
-            f"{config.batch_size}; lower --batch-size"
+            f"{len(splits.train)} training images make no batch of {config.batch_size}; "
+            "lower --batch-size"
         )
-    total_steps = config.epochs * len(batches)
-    set_lr = make_schedule(config, optimizer, len(batches))
-    augment = BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device)
-    loss_fn = make_loss(config)
-    lookahead = (
-        Lookahead(model, config.lookahead, config.lookahead_decay, total_steps)
-        if config.lookahead
-        else None
-    )
-    stem = whitened_stem(model, spec)
-    stem_steps = round(config.whiten_bias_epochs * len(batches))  # the stem's bias trains
+    optimizer = make_optimizer(config, model)
+    return Session(
+        config, spec, splits, device, ddp, model, _wrap(model, config, ddp, device),
+        _ema(model, config), optimizer, batches,
+        BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device),
+        make_loss(config), make_schedule(config, optimizer, len(batches)),
+        _lookahead(model, config, len(batches)), whitened_stem(model, spec), init_seconds,
+        runtime, log,
+    )  # fmt: skip
 
-    start_epoch, best_acc, history = 0, -1.0, []
-    patience_left = config.patience
-    if resume is not None:
-        state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None:
-                ema.module.load_state_dict(state["ema"])
-            if lookahead is not None:
-                lookahead.load_state_dict(state["lookahead"])
-            set_rng_state(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
-            start_epoch, best_acc = int(state["epoch"]) + 1, float(state["best_acc"])
-            patience_left = int(state.get("patience_left", config.patience))
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-            raise UserError(
-                f"{run_dir / checkpoint.LAST_FILE}: not a resume state of this run "
-                f"({shorten(' '.join(str(exc).split()))})"
-            ) from None
-        init_seconds = state.get("init_seconds", 0.0)
-        history = [row for row in runs.read_history(run_dir) if row["epoch"] < start_epoch]
-        log(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
-    elif ddp.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_config(
-            run_dir,
-            {
-                "config": config.to_dict(),
-                "model": spec.to_dict(),
-                "data": splits.notes,
-                "normalization": splits.normalization.to_dict(),
-                "provenance": runs.provenance(config.seed, argv),
-            },
-        )
+
+def _runtime(config: TrainConfig, device: torch.device) -> str:
+    """Threads, allocator and precision, for the log (and the CPU set up on the way)."""
+    parts = [configure_cpu(config.threads, config.mallopt)] if device.type == "cpu" else []
+    parts.append(precision_name(device, config.amp))
+    if config.amp and amp_dtype(device) is None:
+        parts[-1] += f" (this {device.type.upper()} has no native bf16)"
+    return ", ".join(parts)
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    """The model's and its inputs' memory order (BatchAugment follows the same setting)."""
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _wrap(model: nn.Module, config: TrainConfig, ddp, device: torch.device) -> nn.Module:
     trained = model
     if ddp.world > 1:
         trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
-        trained = torch.compile(trained)
-    evaluated = ema.module if ema is not None else model
-    parameters = sum(p.numel() for p in model.parameters())
-    if ddp.main:
-        log(
-            f"training {model_name(spec)} ({parameters:,} parameters) on {device} for "
-            f"{config.epochs} epochs: {len(splits.train)} train / "
-            f"{len(splits.val) if splits.val else 0} val images, "
-            f"{'device-resident' if uses_device_batches(config) else 'worker'} batches, "
-            f"{setup}; run directory {run_dir}"
-        )
-    with tracker.run(run_dir, history, parameters, resumed=resume is not None):
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            started = time.perf_counter()
-            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-            progress = tqdm(
-                batches.epoch(epoch),
-                total=len(batches),
-                leave=False,
-                mininterval=1,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not ddp.main,
-            )
-            for i, (images, labels) in enumerate(progress):
-                step = epoch * len(batches) + i
-                lr = set_lr(step)
-                frozen = [stem.bias] if stem is not None and step >= stem_steps else []
-                loss, logits = train_step(
-                    trained, optimizer, augment, loss_fn, images, labels, device, config.amp, frozen
-                )
-                if lookahead is not None:
-                    lookahead.after_step(model, step + 1)
-                if ema is not None:
-                    ema.update(model, step=step)
-                totals += torch.stack(
-                    [
-                        loss.detach().double() * len(labels),
-                        (logits.argmax(1) == labels).sum().double(),
-                        torch.tensor(float(len(labels)), device=device),
-                    ]
-                )
-                tracker.step(step, loss, lr)
-                if i % 20 == 0 and not math.isfinite(totals[0].item()):
-                    break
-            loss_sum, correct, seen = _reduce(totals.tolist(), device, ddp.world)
-            if not math.isfinite(loss_sum):
-                raise Diverged(
-                    f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept "
-                    f"the last good checkpoint in {run_dir} (try a lower --lr)"
-                )
-            seconds = time.perf_counter() - started
-            val = {}
-            if splits.val is not None:
-                val = evaluate(
-                    evaluated, splits.val.images, splits.val.labels, splits, device, config.amp
-                )
-            row = {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_acc": correct / seen,
-                "val_loss": val.get("loss"),
-                "val_acc": val.get("acc"),
-                "lr": lr,
-                "seconds": seconds,
-                "images_per_s": seen / seconds,
-            }
-            history.append(row)
-            # history.csv keeps its columns; top-5 goes to the console, the release and the
-            # trackers.
-            reported = {**row, **({"val_top5": val["top5"]} if "top5" in val else {})}
-            score = row["val_acc"] if row["val_acc"] is not None else epoch  # no val: the last
-            improved = score > best_acc + config.min_delta
-            if improved:
-                best_acc = score
-                patience_left = config.patience
-            else:
-                patience_left -= 1
-            if ddp.main:
-                log(_epoch_line(reported, config.epochs, improved))
-                if improved:
-                    checkpoint.save_release(
-                        run_dir / checkpoint.BEST_DIR,
-                        evaluated,
-                        classes,
-                        splits.normalization,
-                        {
-                            "epoch": epoch + 1,
-                            **{k: v for k, v in reported.items() if k.startswith("val_")},
-                        },
-                        _release_provenance(run_dir, config),
-                        half=config.release_half,
-                    )
-                runs.write_history(run_dir, history)
-            tracker.epoch(reported)
-            state_rng = [rng_state()] if ddp.world == 1 else _gather(rng_state(), ddp.world)
-            if ddp.main:
-                checkpoint.save_state(
-                    run_dir / checkpoint.LAST_FILE,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "ema": ema.module.state_dict() if ema is not None else None,
-                        "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                        "rng": state_rng,
-                        "epoch": epoch,
-                        "best_acc": best_acc,
-                        "patience_left": patience_left,
-                        "init_seconds": init_seconds,
-                    },
-                )
-            if config.patience and patience_left <= 0:
-                if ddp.main:
-                    log(
-                        f"early stop: no val accuracy gain over {config.min_delta} in "
-                        f"{config.patience} epochs"
-                    )
-                break
+    return torch.compile(trained) if config.compile else trained
 
-        results = {}
-        if ddp.main:
-            results = _finish(run_dir, config, splits, device, history, init_seconds, log)
-            # Drawn after training: the augmentations use the global RNGs, whose state the
-            # resume checkpoint has already saved.
-            save_image(augmented_samples(batches, augment), run_dir / SAMPLES_FILE, nrow=8)
-            tracker.finish(results)
-    if ddp.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return results
+
+def _ema(model: nn.Module, config: TrainConfig) -> nn.Module | None:
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+
+
+def _lookahead(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
+    if not config.lookahead:
+        return None
+    total = config.epochs * steps_per_epoch
+    return Lookahead(model, config.lookahead, config.lookahead_decay, total)
+
+
+# --------------------------------------------------------------------------------------------
+# The run record and the progress through the epochs
+
+
+@dataclass
+class Progress:
+    """Where the run is: the next epoch, the best validation score, patience, the history."""
+
+    epoch: int = 0
+    best_acc: float = -1.0
+    patience_left: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def run_record(session: Session, argv: list[str] | None) -> dict:
+    """config.yaml's content: the settings, the model, the data and its provenance."""
+    return {
+        "config": session.config.to_dict(),
+        "model": session.spec.to_dict(),
+        "data": session.splits.notes,
+        "normalization": session.splits.normalization.to_dict(),
+        "provenance": runs.provenance(session.config.seed, argv),
+    }
+
+
+def resume_progress(session: Session, run_dir: Path) -> Progress:
+    """Model, optimizer, EMA, Lookahead and RNG states from last.pt; the epochs it ran."""
+    state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
+    s = session
+    try:
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        if s.ema is not None:
+            s.ema.module.load_state_dict(state["ema"])
+        if s.lookahead is not None:
+            s.lookahead.load_state_dict(state["lookahead"])
+        set_rng_state(state["rng"][min(s.ddp.rank, len(state["rng"]) - 1)])
+        progress = Progress(
+            int(state["epoch"]) + 1,
+            float(state["best_acc"]),
+            int(state.get("patience_left", s.config.patience)),
+        )
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise UserError(
+            f"{run_dir / checkpoint.LAST_FILE}: not a resume state of this run "
+            f"({shorten(' '.join(str(exc).split()))})"
+        ) from None
+    s.init_seconds = state.get("init_seconds", 0.0)
+    progress.history = [r for r in runs.read_history(run_dir) if r["epoch"] < progress.epoch]
+    return progress
+
+
+# --------------------------------------------------------------------------------------------
+# The epochs
+
+
+def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
+    """One pass over the training batches; the history row's training columns."""
+    from tqdm import tqdm
+
+    s.model.train()
+    started = time.perf_counter()
+    totals = torch.zeros(3, dtype=torch.float64, device=s.device)  # loss sum, correct, seen
+    steps = len(s.batches)
+    progress = tqdm(
+        s.batches.epoch(epoch), total=steps, leave=False, mininterval=1,
+        desc=f"epoch {epoch + 1}/{s.config.epochs}", disable=not s.ddp.main,
+    )  # fmt: skip
+    for i, (images, labels) in enumerate(progress):
+        step = epoch * steps + i
+        lr = s.set_lr(step)
+        frozen = [s.stem.bias] if s.stem is not None and step >= s.stem_steps else []
+        loss, logits = train_step(
+            s.trained, s.optimizer, s.augment, s.loss_fn, images, labels, s.device,
+            s.config.amp, frozen,
+        )  # fmt: skip
+        if s.lookahead is not None:
+            s.lookahead.after_step(s.model, step + 1)
+        if s.ema is not None:
+            s.ema.update(s.model, step=step)
+        seen = torch.tensor(float(len(labels)), device=s.device)
+        correct = (logits.argmax(1) == labels).sum().double()
+        totals += torch.stack([loss.detach().double() * len(labels), correct, seen])
+        tracker.step(step, loss, lr)
+        if i % 20 == 0 and not math.isfinite(totals[0].item()):
+            break
+    loss_sum, correct, seen = distributed.reduce(totals.tolist(), s.device, s.ddp.world)
+    if not math.isfinite(loss_sum):
+        raise Diverged(
+            f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept the last "
+            "good checkpoint (try a lower --lr)"
+        )
+    seconds = time.perf_counter() - started
+    return {
+        "epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        "lr": lr, "seconds": seconds, "images_per_s": seen / seconds,
+    }  # fmt: skip
+
+
+def end_epoch(
+    s: Session, progress: Progress, row: dict, run_dir: Path, record: dict, tracker: Tracker
+) -> bool:
+    """Validate, keep the best model as a release, write history.csv and last.pt; True when
+    patience has run out."""
+    val = validate(s.evaluated, s.splits.val, s) if s.splits.val is not None else {}
+    row = {**row, "val_loss": val.get("loss"), "val_acc": val.get("acc")}
+    row = {k: row[k] for k in runs.HISTORY_COLUMNS}
+    progress.history.append(row)
+    # history.csv keeps its columns; top-5 goes to the console, the release and the trackers.
+    reported = {**row, **({"val_top5": val["top5"]} if "top5" in val else {})}
+    score = row["val_acc"] if row["val_acc"] is not None else row["epoch"]  # no val: the last
+    improved = score > progress.best_acc + s.config.min_delta
+    progress.best_acc = max(progress.best_acc, score) if improved else progress.best_acc
+    progress.patience_left = s.config.patience if improved else progress.patience_left - 1
+    progress.epoch = row["epoch"] + 1
+    best = None
+    if s.ddp.main:
+        s.log(_epoch_line(reported, s.config.epochs, improved))
+        if improved:
+            best = _save_best(s, reported, run_dir, record)
+        runs.write_history(run_dir, progress.history)
+    tracker.epoch(reported, best)
+    _save_state(s, progress, run_dir)
+    stop = bool(s.config.patience) and progress.patience_left <= 0
+    if stop and s.ddp.main:
+        s.log(
+            f"early stop: no val accuracy gain over {s.config.min_delta} in "
+            f"{s.config.patience} epochs"
+        )
+    return stop
+
+
+def _save_best(s: Session, reported: dict, run_dir: Path, record: dict) -> dict:
+    """The model of the best epoch so far, as a release; returns the metrics it records."""
+    best = {"epoch": reported["epoch"] + 1}
+    best |= {k: v for k, v in reported.items() if k.startswith("val_")}
+    provenance = {
+        **record["provenance"], "run_dir": str(run_dir), "config": s.config.to_dict(),
+        "data": record["data"],
+    }  # fmt: skip
+    checkpoint.save_release(
+        run_dir / checkpoint.BEST_DIR, s.evaluated, s.splits.train.classes,
+        s.splits.normalization, best, provenance, half=s.config.release_half,
+    )  # fmt: skip
+    return best
+
+
+def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
+    """last.pt: everything `resume_progress` needs to continue after this epoch."""
+    rng = [rng_state()] if s.ddp.world == 1 else distributed.gather(rng_state(), s.ddp.world)
+    if not s.ddp.main:
+        return
+    checkpoint.save_state(
+        run_dir / checkpoint.LAST_FILE,
+        {
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "ema": s.ema.module.state_dict() if s.ema is not None else None,
+            "lookahead": s.lookahead.state_dict() if s.lookahead is not None else None,
+            "rng": rng,
+            "epoch": progress.epoch - 1,
+            "best_acc": progress.best_acc,
+            "patience_left": progress.patience_left,
+            "init_seconds": s.init_seconds,
+        },
+    )
 
 
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
@@ -485,74 +476,110 @@ def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
     return line + ("  *" if improved else "")
 
 
-def _gather(state: dict, world: int) -> list[dict]:
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, state)
-    return gathered
+# --------------------------------------------------------------------------------------------
+# finish: the test split, once
 
 
-def _release_provenance(run_dir: Path, config: TrainConfig) -> dict:
-    written = runs.read_config(run_dir)
-    return {
-        **written["provenance"],
-        "run_dir": str(run_dir),
-        "config": config.to_dict(),
-        "data": written["data"],
-    }
-
-
-def _finish(
-    run_dir: Path,
-    config: TrainConfig,
-    splits: DataSplits,
-    device: torch.device,
-    history: list[dict],
-    init_seconds: float,
-    log: Callable[[str], None],
-) -> dict:
+def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
     """The test split, once, on the released weights (exactly what inference will load), with
     and without TTA; then results.json, the release's metrics, the plots and the test split's
     confusion matrix (at the configured TTA level)."""
-    from budgetnet.evaluation.figures import confusion_figure
-    from budgetnet.evaluation.report import confusion_matrix
-
-    release = checkpoint.load_release(run_dir, device)
-    metrics = dict(release.meta["metrics"])
-    if splits.test is not None:
-        for tta in sorted({0, config.tta}):  # the configured level last
+    release = checkpoint.load_release(run_dir, s.device)
+    scores = dict(release.meta["metrics"])
+    if s.splits.test is not None:
+        for tta in sorted({0, s.config.tta}):  # the configured level last
             probs = infer(
-                release.model,
-                splits.test.images,
-                splits.normalization,
-                tta=tta,
-                device=device,
-                amp=config.amp,
-            )
-            scored = scores(probs, splits.test.labels)
-            metrics[f"test_acc_tta{tta}"] = scored["acc"]
+                release.model, s.splits.test.images, s.splits.normalization, tta=tta,
+                device=s.device, amp=s.config.amp,
+            )  # fmt: skip
+            scored = metrics(probs.numpy(), s.splits.test.labels)
+            scores[f"test_acc_tta{tta}"] = scored["acc"]
             if "top5" in scored:
-                metrics[f"test_top5_tta{tta}"] = scored["top5"]
-        matrix = confusion_matrix(probs.numpy(), splits.test.labels)
-        confusion_figure(matrix, release.classes).savefig(
-            run_dir / CONFUSION_FILE, dpi=100, bbox_inches="tight"
-        )
-    checkpoint.update_release_metrics(release.path, metrics)
+                scores[f"test_top5_tta{tta}"] = scored["top5"]
+        matrix = confusion_matrix(probs.numpy(), s.splits.test.labels)
+        save_figure(confusion_figure(matrix, release.classes), run_dir / CONFUSION_FILE)
+    checkpoint.update_release_metrics(release.path, scores)
     results = {
         "run_dir": str(run_dir),
-        "epochs_run": len(history),
+        "epochs_run": len(progress.history),
         # as airbench times it: the data-dependent initialisation plus the epochs, without the
         # per-epoch validation and checkpoints
-        "train_seconds": init_seconds + sum(row["seconds"] for row in history),
-        "init_seconds": init_seconds,
-        **metrics,
+        "train_seconds": s.init_seconds + sum(row["seconds"] for row in progress.history),
+        "init_seconds": s.init_seconds,
+        **scores,
     }
     runs.write_json(run_dir / "results.json", results)
-    for out in filter(None, (run_dir, config.plots_dir)):
-        plot_history(history, out, f"({model_name(release.model.spec)})")
-    log(
+    for out in filter(None, (run_dir, s.config.plots_dir)):
+        write_history_plots(progress.history, out, f"({model_name(release.model.spec)})")
+    s.log(
         "results: "
         + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()
         )
     )
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+
+
+def fit(
+    config: TrainConfig,
+    spec: ResNetSpec,
+    *,
+    resume: Path | None = None,
+    argv: list[str] | None = None,
+    splits: DataSplits | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train `spec` with `config`; returns the final results (also in results.json).
+
+    `resume`: a run directory to continue from its last.pt. `splits`: already loaded data
+    (the budget search reuses one load for many runs)."""
+    from torchvision.utils import save_image
+
+    config, note = short_run_warmup(config)
+    if note:
+        log(note)
+    ddp = distributed.init_distributed(config.device)
+    tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
+    s = setup(config, spec, splits, initialise=resume is None, log=log)
+    run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(s.spec)))
+    if resume is not None:
+        progress, record = resume_progress(s, run_dir), runs.read_config(run_dir)
+        log(f"resuming {run_dir} after epoch {progress.epoch} of {config.epochs}")
+    else:
+        progress, record = Progress(patience_left=config.patience), run_record(s, argv)
+        if s.ddp.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            runs.write_config(run_dir, record)
+    parameters = sum(p.numel() for p in s.model.parameters())
+    if s.ddp.main:
+        log(_start_line(s, parameters, run_dir))
+    with tracker.run(run_dir, record, progress.history, parameters, resumed=resume is not None):
+        for epoch in range(progress.epoch, config.epochs):
+            row = train_epoch(s, epoch, tracker)
+            if end_epoch(s, progress, row, run_dir, record, tracker):
+                break
+        results = {}
+        if s.ddp.main:
+            results = finish(s, progress, run_dir)
+            # Drawn after training: the augmentations use the global RNGs, whose state the
+            # resume checkpoint has already saved.
+            save_image(augmented_samples(s.batches, s.augment), run_dir / SAMPLES_FILE, nrow=8)
+            tracker.finish(results)
+    distributed.teardown(s.ddp.world)
+    return results
+
+
+def _start_line(s: Session, parameters: int, run_dir: Path) -> str:
+    """What is about to train, where, and how (threads, allocator, precision)."""
+    config = s.config
+    batches = "device-resident" if uses_device_batches(config) else "worker"
+    return (
+        f"training {model_name(s.spec)} ({parameters:,} parameters) on {s.device} for "
+        f"{config.epochs} epochs: {len(s.splits.train)} train / "
+        f"{len(s.splits.val) if s.splits.val else 0} val images, {batches} batches, "
+        f"{s.runtime}; run directory {run_dir}"
+    )

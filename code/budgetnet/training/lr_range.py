@@ -1,24 +1,20 @@
 """The learning-rate range test (Smith 2015; the LR finder the custom ResNet-9 project used):
 train for a few hundred steps while the learning rate grows exponentially, and record the loss.
-A good peak learning rate sits where the loss falls fastest, well before it blows up.
+A good peak learning rate sits where the loss falls fastest, well before it blows up. The
+network, optimizer and batches come from the trainer's own `setup`, so the test sees what a
+run would.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from budgetnet.data.sources import DataSplits
-from budgetnet.errors import UserError
-from budgetnet.models.resnet import ResNetSpec, build
-from budgetnet.runtime import resolve_device
-from budgetnet.training.augment import BatchAugment, make_batches
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.training.config import TrainConfig
-from budgetnet.training.engine import make_loss, seed_everything, train_step
-from budgetnet.training.optim import make_optimizer
+from budgetnet.training.engine import setup, train_step
 
 
 def lr_range_test(
@@ -34,30 +30,17 @@ def lr_range_test(
 ) -> dict:
     """Losses (raw and exponentially smoothed) per learning rate; stops early once the
     smoothed loss exceeds `blowup` times its minimum. Returns the curve and a suggestion."""
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model = build(spec).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model)
-    batches = make_batches(splits.train.images, splits.train.labels, config, device)
-    if len(batches) == 0:  # the loop below would never take a step
-        raise UserError(
-            f"{len(splits.train)} training images make no batch of {config.batch_size}; "
-            "lower --batch-size"
-        )
-    augment = BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device)
-    loss_fn = make_loss(config)
+    s = setup(config, spec, splits, log=lambda line: None)  # the model training would get
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs, losses, smoothed = [], [], []
     average, epoch = 0.0, 0
     while len(lrs) < steps:
-        for images, labels in batches.epoch(epoch):
+        for images, labels in s.batches.epoch(epoch):
             lr = start_lr * growth ** len(lrs)
-            for group in optimizer.param_groups:
+            for group in s.optimizer.param_groups:
                 group["lr"] = lr
             loss, _ = train_step(
-                model, optimizer, augment, loss_fn, images, labels, device, config.amp
+                s.trained, s.optimizer, s.augment, s.loss_fn, images, labels, s.device, config.amp
             )
             value = loss.item()
             average = smoothing * average + (1 - smoothing) * value
@@ -90,36 +73,3 @@ def _with_suggestion(lrs: list[float], losses: list[float], smoothed: list[float
         "suggested_lr": suggested,
         "min_loss_lr": lrs[stop - 1],
     }
-
-
-def plot_lr_range(result: dict, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(result["lr"], result["loss"], alpha=0.3, label="loss")
-    ax.plot(result["lr"], result["smoothed"], label="smoothed")
-    ax.axvline(
-        result["suggested_lr"],
-        color="k",
-        linestyle="--",
-        label=f"steepest descent {result['suggested_lr']:.2g}",
-    )
-    ax.set(
-        xscale="log",
-        xlabel="learning rate (per batch)",
-        ylabel="training loss",
-        title="Learning-rate range test",
-    )
-    top = min(max(result["smoothed"]), 3 * min(result["smoothed"]))
-    ax.set_ylim(top=top + 0.1 * abs(top))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

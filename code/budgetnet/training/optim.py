@@ -1,4 +1,4 @@
-"""The optimizer and its learning-rate schedule, from a TrainConfig.
+"""The optimizer, from a TrainConfig (its learning-rate schedule: budgetnet.training.schedule).
 
 Parameter groups: weights (decayed), BatchNorm biases (lr x bias_lr_scale) and the remaining
 BatchNorm and bias parameters (decayed only with bias_decay). Frozen parameters (the whitening
@@ -7,9 +7,6 @@ convolution filters go to Muon and the rest to SGD, stepped together as one opti
 """
 
 from __future__ import annotations
-
-import warnings
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -86,80 +83,3 @@ def make_optimizer(config: TrainConfig, model: nn.Module):
         return Optimizers(sgd, Muon(filters, config.muon_lr, config.muon_momentum))
     kind = torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW
     return kind(groups, betas=(config.momentum, 0.999))
-
-
-def linear_factor(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
-    """The piecewise-linear schedule as a fraction of the peak at optimizer step `step`:
-    [0, peak]      lr_start_factor -> 1, the peak at step round(warmup_epochs * steps/epoch)
-    [peak, total]  1 -> lr_end_factor at the last step
-    """
-    peak = round(config.warmup_epochs * steps_per_epoch)
-    if step < peak:
-        return config.lr_start_factor + (1 - config.lr_start_factor) * step / peak
-    span = max(total - peak, 1)
-    return 1 + (config.lr_end_factor - 1) * min(step - peak, span) / span
-
-
-def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int) -> Callable[[int], float]:
-    """`set_lr(step)`: put the learning rates of optimizer step `step` into every group (each
-    keeps its ratio to the base) and return the base group's. A pure function of the step, so
-    resuming needs nothing but the step.
-
-    cosine (timm CosineLRScheduler, stepped per iteration):
-      steps [0, warmup)       linear from 0 to the peak
-      steps [warmup, total)   cosine from the peak down to min_lr at the last step
-    onecycle (torch OneCycleLR): rise to the peak over the first `onecycle_pct` of the steps,
-      then anneal (cosine) to peak / 1e4; momentum cycles the other way.
-    linear: `linear_factor`, airbench's triangle (0.2 -> 1 at 23% -> 0.07 in its recipe).
-    constant: the peak throughout (the recipes of projects that set no schedule).
-    """
-    total = config.epochs * steps_per_epoch
-    if config.sched in ("constant", "linear"):
-        peaks = [group["lr"] for group in optimizer.param_groups]
-
-        def set_factor(step: int) -> float:
-            factor = 1.0
-            if config.sched == "linear":
-                factor = linear_factor(config, step, total, steps_per_epoch)
-            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-                group["lr"] = peak * factor
-            return peaks[0] * factor
-
-        return set_factor
-    if config.sched == "cosine":
-        from timm.scheduler import CosineLRScheduler
-
-        warmup = round(config.warmup_epochs * steps_per_epoch)
-        scheduler = CosineLRScheduler(
-            optimizer,
-            t_initial=total - warmup,
-            lr_min=config.min_lr,
-            warmup_t=warmup,
-            warmup_lr_init=0.0,
-            warmup_prefix=True,
-            t_in_epochs=False,
-        )
-
-        def set_lr(step: int) -> float:
-            scheduler.step_update(step)
-            return optimizer.param_groups[0]["lr"]
-
-        return set_lr
-
-    if isinstance(optimizer, Optimizers):
-        raise ValueError("the onecycle schedule drives one torch optimizer; use --sched linear")
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=total,
-        pct_start=config.onecycle_pct,
-    )
-
-    def set_lr(step: int) -> float:
-        scheduler.last_epoch = step - 1
-        with warnings.catch_warnings():  # it warns when stepped before the optimizer
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()
-        return optimizer.param_groups[0]["lr"]
-
-    return set_lr

@@ -29,10 +29,10 @@ import torch
 import yaml
 from PIL import Image
 
-from budgetnet import runs
 from budgetnet.errors import UserError
 from budgetnet.files import atomic_write
 from budgetnet.models import checkpoint
+from budgetnet.tables import markdown_table
 from budgetnet.training.config import MLFLOW_DEFAULT, TrainConfig
 
 LOG_FILE = "training_log.md"
@@ -83,14 +83,14 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(
-        self, run_dir: Path, history: list[dict], parameters: int, resumed: bool
+        self, run_dir: Path, written: dict, history: list[dict], parameters: int, resumed: bool
     ) -> Iterator[Tracker]:
-        """Start reporting on `run_dir` (its config.yaml written); `history`: epochs already
-        run (a resumed run). Ends the TensorBoard file and the MLflow run however it ends."""
+        """Start reporting on `run_dir`; `written`: the run record (config.yaml's content),
+        `history`: epochs already run (a resumed run). Ends the TensorBoard file and the MLflow
+        run however it ends."""
         if not self.enabled:
             yield self
             return
-        written = runs.read_config(run_dir)
         self.run_dir, self.hparams = run_dir, _flat(written, parameters)
         self.log = TrainingLog(run_dir, written, parameters, history)
         if self.mlflow is not None:
@@ -137,9 +137,9 @@ class Tracker:
             self.writer.add_scalar("step/images_per_s", images / (now - self.last_step[1]), step)
         self.last_step = (step, now)
 
-    def epoch(self, row: dict) -> None:
-        """One epoch's metrics (a history row, perhaps with more columns); the Markdown log
-        is rewritten when the epoch is the new best."""
+    def epoch(self, row: dict, best: dict | None = None) -> None:
+        """One epoch's metrics (a history row, perhaps with more columns); `best`: the metrics
+        of the release this epoch made (a new best), which rewrites the Markdown log."""
         if not self.enabled:
             return
         self.last_step = None  # the next interval would include validation
@@ -151,7 +151,7 @@ class Tracker:
             self.writer.flush()  # a run that stops later keeps its curves
         if self.mlflow is not None:
             self.mlflow.log_metrics(metrics, step=epoch)
-        self.log.add(row)
+        self.log.add(row, best)
 
     def finish(self, results: dict) -> None:
         """The end: final metrics, every PNG of the run directory (curves, confusion matrix,
@@ -185,16 +185,13 @@ class TrainingLog:
         self.path = run_dir / LOG_FILE
         self.run_dir, self.written, self.parameters = run_dir, written, parameters
         self.rows = list(history)
+        self.best = _released_metrics(run_dir)  # a resumed run's best so far
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, best: dict | None = None) -> None:
         self.rows.append(row)
-        if self._best().get("epoch") == row["epoch"] + 1:
+        if best is not None:
+            self.best = best
             self.write()
-
-    def _best(self) -> dict:
-        """The released (best) epoch's metrics, as the release records them."""
-        meta = self.run_dir / checkpoint.BEST_DIR / checkpoint.META_FILE
-        return json.loads(meta.read_text())["metrics"] if meta.exists() else {}
 
     def write(self, results: dict | None = None) -> None:
         with atomic_write(self.path) as handle:
@@ -202,7 +199,7 @@ class TrainingLog:
 
     def markdown(self, results: dict | None) -> str:
         """The log; before the end (`results` None) it shows the best epoch so far."""
-        w, best = self.written, self._best()
+        w, best = self.written, self.best
         model, data, made = w["model"], w["data"], w["provenance"]
         lines = [
             f"# Training log: {self.run_dir.name}",
@@ -231,7 +228,7 @@ class TrainingLog:
         lines += [
             "## Settings",
             "",
-            *_table(["setting", "value"], [[k, f"`{v}`"] for k, v in settings.items()]),
+            markdown_table(["setting", "value"], [[k, f"`{v}`"] for k, v in settings.items()]),
         ]
         return "\n".join(lines) + "\n"
 
@@ -244,7 +241,8 @@ class TrainingLog:
             + [_format(k, row.get(k)) for k in columns]
             for row in self.rows
         ]
-        return _table(["epoch", *columns], rows) + ["", "The best epoch (released) is in bold."]
+        table = markdown_table(["epoch", *columns], rows)
+        return [table, "", "The best epoch (released) is in bold."]
 
 
 def _format(key: str, value) -> str:
@@ -260,9 +258,10 @@ def _format(key: str, value) -> str:
 
 
 def _metrics_table(metrics: dict) -> list[str]:
-    return _table(["metric", "value"], [[k, _format(k, v)] for k, v in metrics.items()])
+    return [markdown_table(["metric", "value"], [[k, _format(k, v)] for k, v in metrics.items()])]
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def _released_metrics(run_dir: Path) -> dict:
+    """The metrics of a release already in the run (a resumed run's best epoch), else {}."""
+    meta = run_dir / checkpoint.BEST_DIR / checkpoint.META_FILE
+    return json.loads(meta.read_text())["metrics"] if meta.exists() else {}

@@ -1,0 +1,128 @@
+"""The models a prediction comes from and the labeled images they are scored on.
+
+An `Ensemble` is one or several releases whose probabilities are averaged; inference.py, the
+web demo and the evaluation report all label through `Ensemble.probs`, hence through
+`budgetnet.evaluation.infer.infer`. `labeled_split` gives the images to score: the data's test
+split, or the very validation split a run held out, rebuilt from its model.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from budgetnet.data.sources import ImageSet, load_split, load_splits
+from budgetnet.errors import UserError
+from budgetnet.evaluation.infer import infer
+from budgetnet.models.checkpoint import Release, load_release
+
+# What a run's held-out validation split is rebuilt from: the notes of `load_splits` that
+# training stores as provenance["data"] in model.json.
+VAL_SPLIT_KEYS = ("val_size", "seed", "max_per_class")
+
+
+@dataclass
+class Ensemble:
+    """Releases that label the same classes; their probabilities are averaged."""
+
+    releases: list[Release]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.releases[0].classes
+
+    def describe(self) -> str:
+        return " + ".join(str(r.path) for r in self.releases)
+
+    def probs(
+        self,
+        images: np.ndarray,
+        *,
+        tta: int,
+        batch_size: int,
+        device: torch.device,
+        amp: bool = True,
+    ) -> np.ndarray:
+        """(N, num_classes) float32: the mean of every model's TTA-averaged probabilities."""
+        total = sum(
+            infer(
+                r.model,
+                images,
+                r.normalization,
+                tta=tta,
+                batch_size=batch_size,
+                device=device,
+                amp=amp,
+            )
+            for r in self.releases
+        )
+        return (total / len(self.releases)).numpy()
+
+
+def load_ensemble(paths: list[str | Path], device: torch.device) -> Ensemble:
+    releases = [load_release(path, device) for path in paths]
+    first = releases[0]
+    for other in releases[1:]:
+        if other.classes != first.classes:
+            raise UserError(
+                f"{other.path}: classes {other.classes} differ from {first.path}'s "
+                f"{first.classes}; models averaged together must label the same classes in the "
+                "same order"
+            )
+    return Ensemble(releases)
+
+
+def _data_notes(release: Release) -> dict:
+    notes = (release.meta.get("provenance") or {}).get("data")
+    return notes if isinstance(notes, dict) else {}
+
+
+def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -> ImageSet:
+    """The validation split every release held out, rebuilt; refused unless all recorded the
+    same draw (averaged models scored on a split one of them trained on would flatter it)."""
+    for release, given in zip(ensemble.releases, notes, strict=True):
+        missing = [k for k in VAL_SPLIT_KEYS if k not in given]
+        if missing:
+            raise UserError(
+                f"{release.path}: model.json does not record how its validation "
+                f"split was drawn ({', '.join(missing)} missing); evaluate with --split test"
+            )
+    if source is None:
+        raise UserError(
+            f"{ensemble.releases[0].path}: model.json does not say which data "
+            "it was trained on; name it with --data"
+        )
+    settings = [{k: given[k] for k in VAL_SPLIT_KEYS} for given in notes]
+    if any(s != settings[0] for s in settings):
+        raise UserError(
+            "these checkpoints held out different validation splits "
+            f"({settings}); evaluate them with --split test"
+        )
+    splits = load_splits(source, **settings[0])
+    if splits.val is None:
+        raise UserError(
+            f"{ensemble.releases[0].path}: its run held out no validation split "
+            "(val_size 0); evaluate with --split test"
+        )
+    return splits.val
+
+
+def labeled_split(ensemble: Ensemble, split: str, data: str | None = None) -> ImageSet:
+    """The test split of the training data (or of `data`), or the very validation split the
+    run held out, rebuilt from the settings stored in model.json."""
+    notes = [_data_notes(r) for r in ensemble.releases]
+    source = data or notes[0].get("source")
+    if split == "test":
+        images = load_split(source, "test")
+    elif split == "val":
+        images = _held_out_split(ensemble, source, notes)
+    else:
+        raise UserError(f"unknown split {split!r}; choose test or val")
+    if images.classes != ensemble.classes:
+        raise UserError(
+            f"{images.source}: classes {images.classes} differ from the model's {ensemble.classes}"
+        )
+    return images
