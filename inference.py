@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     out, probs_path = output_paths(args)
     test = read_unlabeled_pickle(args.pkl)
     device = device_from_arg(args.device)
-    ensemble = load_ensemble(args.checkpoint, device)
+    ensemble = load_ensemble(args.checkpoint, device, args.max_params)
     start = time.perf_counter()
     probs = ensemble.probs(
         test.images, tta=args.tta, batch_size=args.batch_size, device=device, amp=not args.fp32

@@ -33,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
 from budgetnet.data.sources import load_split  # noqa: E402
-from budgetnet.models.complexity import count_flops, count_params, markdown_table  # noqa: E402
+from budgetnet.models.complexity import count_flops, count_params  # noqa: E402
 from budgetnet.models.spec import ResNetSpec  # noqa: E402
 from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
+from budgetnet.tables import markdown_table  # noqa: E402
 
 TTA = 2
 

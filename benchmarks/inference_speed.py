@@ -29,8 +29,9 @@ from budgetnet.data.normalization import Normalization  # noqa: E402
 from budgetnet.data.sources import load_split  # noqa: E402
 from budgetnet.evaluation.infer import infer  # noqa: E402
 from budgetnet.models.checkpoint import load_release  # noqa: E402
-from budgetnet.models.complexity import count_flops, markdown_table  # noqa: E402
+from budgetnet.models.complexity import count_flops  # noqa: E402
 from budgetnet.models.zoo import create_model  # noqa: E402
+from budgetnet.tables import markdown_table  # noqa: E402
 
 TARGET = 500  # images/s, bf16, no TTA, 2 CPU cores
 

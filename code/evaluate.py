@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--corruption-images must be positive, got {args.corruption_images}")
 
     device = device_from_arg(args.device)
-    ensemble = load_ensemble(args.checkpoint, device)
+    ensemble = load_ensemble(args.checkpoint, device, args.max_params)
     images = labeled_split(ensemble, args.split, args.data)
     print(f"evaluating {ensemble.describe()} on {len(images)} images: {images.source}")
     result = evaluate_ensemble(

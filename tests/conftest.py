@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from budgetnet.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +43,10 @@ def cifar(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_script(tmp_path):
-    """Run a repository script as a user would, from the repository root; returns the result.
+    """Run a repository script as a user would, in a new Python process, from the repository
+    root; returns the result. Costs seconds of imports: use `run_main` unless the process
+    itself matters (its exit status after a crash, a signal, its memory, a clean import state,
+    or one end-to-end run per user-facing command).
 
     The data cache goes to a temporary folder so tests never touch the user's."""
 
@@ -52,5 +60,54 @@ def run_script(tmp_path):
             text=True,
             timeout=300,
         )
+
+    return run
+
+
+def run_in_process(
+    script: str, *args: str, cache: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run a repository script's `main` in this process as `python <script> <args>` would:
+    through `budgetnet.errors.run_cli`, from the repository root, with sys.argv set, the data
+    cache in `cache` and `env` added to the environment (all undone afterwards). Returns what
+    `run_script` returns: a CompletedProcess with the exit status and what was printed to
+    sys.stdout and sys.stderr.
+
+    Output written straight to the file descriptors (by a child process) is not captured. The
+    scripts set up the CPU in this process too (`budgetnet.runtime.configure_cpu`: the thread
+    count, unchanged at its default here, and glibc's malloc thresholds), as the in-process
+    training tests already do."""
+    module = importlib.import_module(Path(script).stem)  # code/ and the root are on the path
+    assert Path(module.__file__).resolve() == (REPO / script).resolve(), module.__file__
+    out, err = io.StringIO(), io.StringIO()
+    code = 0  # run_cli always exits, with main's status or 2 for a UserError
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        patch.setenv("BUDGETNET_CACHE", str(cache))
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        patch.setattr(sys, "argv", [script, *args])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(module.main, list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
+        err.write(f"{code}\n")
+        code = 1
+    return subprocess.CompletedProcess(
+        [script, *args], code, stdout=out.getvalue(), stderr=err.getvalue()
+    )
+
+
+@pytest.fixture
+def run_main(tmp_path):
+    """`run_script` in this process (`run_in_process`): the same call, the same result, without
+    a new interpreter's seconds of imports."""
+
+    def run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return run_in_process(script, *args, cache=tmp_path / "cache", env=env)
 
     return run

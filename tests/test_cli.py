@@ -1,4 +1,5 @@
-"""The command-line entry points, run as a user runs them, on small real files."""
+"""The command-line entry points on small real files: one round trip as a user runs it (new
+processes), the refusals in this process."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def assert_one_line_error(result, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
 
 
-def test_make_pickle_check_and_score_round_trip(tmp_path, run_script):
+def test_made_pickle_passes_the_check_and_scores_the_rows_it_got_right(tmp_path, run_script):
+    # New processes: the real command lines of the three tools (check_submission.py's end to
+    # end test); the refusals below run in this process.
     write_cifar10(tmp_path / "cifar", per_batch=10, test_count=30)
     pkl, key = tmp_path / "k" / "test.pkl", tmp_path / "k" / "key.csv"
     made = run_script(
@@ -50,10 +53,10 @@ def test_make_pickle_check_and_score_round_trip(tmp_path, run_script):
     assert scored.returncode == 0 and scored.stdout.startswith("accuracy 0.6667 (20/30)")
 
 
-def test_check_submission_rejects_row_numbers_as_ids(tmp_path, run_script):
+def test_check_submission_rejects_row_numbers_as_ids(tmp_path, run_main):
     write_cifar10(tmp_path / "cifar", per_batch=2, test_count=12)
     pkl = tmp_path / "test.pkl"
-    run_script(
+    run_main(
         "code/make_kaggle_pickle.py",
         "--data",
         str(tmp_path / "cifar"),
@@ -63,18 +66,18 @@ def test_check_submission_rejects_row_numbers_as_ids(tmp_path, run_script):
         str(tmp_path / "key.csv"),
     )
     sub = write_submission(tmp_path / "sub.csv", np.arange(12), np.zeros(12, np.int64))
-    result = run_script("code/check_submission.py", str(sub), "--pkl", str(pkl))
+    result = run_main("code/check_submission.py", str(sub), "--pkl", str(pkl))
     assert_one_line_error(result, "ids of the test set are missing")
 
 
-def test_bad_inputs_end_with_one_line_and_write_nothing(tmp_path, run_script):
+def test_bad_inputs_end_with_one_line_and_write_nothing(tmp_path, run_main):
     (tmp_path / "evil.pkl").write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
     out = tmp_path / "out.csv"
-    result = run_script("inference.py", "--pkl", str(tmp_path / "evil.pkl"), "--out", str(out))
+    result = run_main("inference.py", "--pkl", str(tmp_path / "evil.pkl"), "--out", str(out))
     assert_one_line_error(result, "not safe to load: it refers to os.system")
     assert not out.exists()
 
-    result = run_script(
+    result = run_main(
         "code/make_kaggle_pickle.py",
         "--data",
         str(tmp_path / "none"),
@@ -86,19 +89,19 @@ def test_bad_inputs_end_with_one_line_and_write_nothing(tmp_path, run_script):
     assert_one_line_error(result, "no such file or directory")
     assert not (tmp_path / "t.pkl").exists() and not (tmp_path / "k.csv").exists()
 
-    result = run_script(
+    result = run_main(
         "code/score_submission.py", str(tmp_path / "nope.csv"), "--key", str(tmp_path / "nope.csv")
     )
     assert_one_line_error(result, "no such file")
 
 
-def test_inference_validates_the_pickle_before_anything(tmp_path, run_script):
+def test_inference_validates_the_pickle_before_anything(tmp_path, run_main):
     pkl = tmp_path / "t.pkl"
     pkl.write_bytes(
         pickle.dumps({b"data": np.zeros((4, 32, 32, 3), np.uint8), b"ids": np.array([1, 1, 2, 3])})
     )
-    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(tmp_path / "s.csv"))
+    result = run_main("inference.py", "--pkl", str(pkl), "--out", str(tmp_path / "s.csv"))
     assert_one_line_error(result, "1 duplicates")
     assert not (tmp_path / "s.csv").exists()
-    missing = run_script("inference.py")
+    missing = run_main("inference.py")
     assert missing.returncode == 2 and "--pkl" in missing.stderr

@@ -40,11 +40,10 @@ from budgetnet.submission.csv_file import check_submission, read_submission, wri
 from budgetnet.training import engine
 from budgetnet.training.config import TrainConfig, merge, short_run_warmup
 from budgetnet.training.lr_range import lr_range_test
-from test_evaluate import NORM, save_random_release
-from test_train import TINY, tiny_config
 
 from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
+from tiny import NORM, TRAIN_FLAGS, save_random_release, tiny_config
 
 FUZZ = settings(
     max_examples=int(os.environ.get("BUDGETNET_FUZZ_EXAMPLES", 300)),
@@ -355,8 +354,8 @@ def test_checker_refuses_ids_kaggle_would_not_read(row, what, tmp_path):
 # Commands that used to end in a traceback
 
 
-def test_inference_batch_size_zero_is_one_line(pkl, release, tmp_path, run_script):
-    result = run_script(
+def test_inference_refuses_batch_size_zero_in_one_line(pkl, release, tmp_path, run_main):
+    result = run_main(
         "inference.py", "--pkl", str(pkl), "--out", str(tmp_path / "s.csv"),
         "--checkpoint", str(release), "--batch-size", "0",
     )  # fmt: skip
@@ -413,8 +412,8 @@ def test_load_split_reads_the_tiny_cifar_through_the_capped_readers(cifar):
     assert len(load_split(cifar, "train", cache_dir=False)) == 200
 
 
-def test_train_flags_reject_bad_tiny_values(cifar, tmp_path, run_script):
-    result = run_script("code/train.py", "--data", str(cifar), *TINY, "--epochs", "1.5")
+def test_train_refuses_a_fractional_epoch_count_in_one_line(cifar, tmp_path, run_main):
+    result = run_main("code/train.py", "--data", str(cifar), *TRAIN_FLAGS, "--epochs", "1.5")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -458,7 +457,7 @@ def _load_or_refuse(data: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=400))
-def test_fuzz_random_bytes_to_the_pickle_loader(data):
+def test_fuzz_random_bytes_load_as_plain_values_or_are_refused(data):
     _load_or_refuse(data)
     _load_or_refuse(b"\x80\x02" + data)
 
@@ -469,7 +468,7 @@ def test_fuzz_random_bytes_to_the_pickle_loader(data):
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("rid")),
              min_size=1, max_size=6),
 )  # fmt: skip
-def test_fuzz_mutated_pickles(valid, edits):
+def test_fuzz_mutated_pickles_load_as_plain_values_or_are_refused(valid, edits):
     data = bytearray(valid)
     for position, byte, kind in edits:
         at = position % (len(data) + 1)
@@ -496,7 +495,7 @@ def _check_or_refuse(tmp_path, content: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=300))
-def test_fuzz_random_bytes_to_the_csv_checker(tmp_path, content):
+def test_fuzz_random_bytes_pass_the_csv_check_or_are_refused(tmp_path, content):
     _check_or_refuse(tmp_path, content)
 
 
@@ -506,7 +505,7 @@ def test_fuzz_random_bytes_to_the_csv_checker(tmp_path, content):
                        st.sampled_from(list("0123456789,\n\r -+x.٣１\"\x00"))),
              min_size=1, max_size=5),
 )  # fmt: skip
-def test_fuzz_mutated_csvs(tmp_path, edits):
+def test_fuzz_mutated_csvs_pass_the_check_or_are_refused(tmp_path, edits):
     text = list("ID,Labels\n1,4\n2,0\n3,9\n")
     for position, kind, char in edits:
         at = position % (len(text) + 1)

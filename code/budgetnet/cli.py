@@ -16,6 +16,7 @@ import torch
 from budgetnet import runs
 from budgetnet.errors import UserError, brief, positive_int, reject_unknown
 from budgetnet.evaluation.infer import BATCH_SIZE
+from budgetnet.models.complexity import PARAMETER_BUDGET
 from budgetnet.models.spec import BLOCK_TYPES, STEMS, ResNetSpec
 from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, model_spec
 from budgetnet.runtime import resolve_device
@@ -216,6 +217,24 @@ def add_release_arguments(parser: argparse.ArgumentParser, default_checkpoint: s
         action="store_true",
         help="run in float32 even where the device computes bf16 natively (for comparison)",
     )
+    parser.add_argument(
+        "--max-params",
+        type=parameter_count,
+        default=PARAMETER_BUDGET,
+        help=f"refuse models (an ensemble counts every member) over this many parameters "
+        f"(default {PARAMETER_BUDGET:,}, the competition's rule; 0 = no check)",
+    )
+
+
+def parameter_count(text: str) -> int:
+    """An argparse type: a whole, non-negative number of parameters ("5e6" allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not value >= 0 or value != int(value) or value > 1e15:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text[:40]!r}")
+    return int(value)
 
 
 def device_from_arg(name: str) -> torch.device:

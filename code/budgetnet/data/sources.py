@@ -85,6 +85,23 @@ class ImageSet:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes))
 
+    def joined(self, other: ImageSet) -> ImageSet:
+        """This set followed by `other` (the same classes), e.g. train + test for a model
+        trained on every labeled image."""
+        if other.classes != self.classes:
+            raise UserError(f"{other.source}: classes differ from {self.source}'s; cannot join")
+        coarse = None
+        if self.coarse_labels is not None and other.coarse_labels is not None:
+            coarse = np.concatenate([self.coarse_labels, other.coarse_labels])
+        return ImageSet(
+            np.concatenate([self.images, other.images]),
+            np.concatenate([self.labels, other.labels]),
+            self.classes,
+            f"{self.source} + {other.source}",
+            coarse,
+            self.coarse_classes if coarse is not None else None,
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # CIFAR python format, from a folder or straight out of the tar.gz archive
@@ -521,17 +538,34 @@ class DataSplits:
     notes: dict = field(default_factory=dict)
 
 
+def parse_train_splits(text: str) -> tuple[str, ...]:
+    """ "train+test" -> ("train", "test"): the splits a model trains on, train first (the
+    validation split is held out from it)."""
+    parts = tuple(text.split("+"))
+    if parts[0] != "train" or len(set(parts)) != len(parts) or not set(parts) <= set(SPLITS):
+        raise UserError(
+            f"train_splits {text!r}: train, then any other of {', '.join(SPLITS)} joined by +, "
+            "each once (e.g. train+test)"
+        )
+    return parts
+
+
 def load_splits(
     source: str | Path | None = None,
     *,
     val_size: int | float = 5000,
     max_per_class: int | None = None,
     seed: int = 0,
+    train_splits: str = "train",
     cache_dir: Path | None | bool = True,
     download: bool = True,
 ) -> DataSplits:
-    """Train (capped per class if asked), a stratified validation split held out from it,
-    the test split if the source has one, and normalisation from the remaining train images."""
+    """Train (capped per class if asked), a stratified validation split held out from it, the
+    test split if the source has one, and normalisation from the remaining train images.
+
+    `train_splits` "train+test" trains on the test split too (every labeled image, for the
+    model you submit): the test split is then part of train and is not reported on."""
+    splits = parse_train_splits(train_splits)
     found = resolve_source(source, download=download)
     full = load_split(found.path, "train", max_per_class=max_per_class, cache_dir=cache_dir)
     train_idx, val_idx = split_train_val(full.labels, val_size, seed)
@@ -545,16 +579,11 @@ def load_splits(
         if len(val_idx)
         else full
     )
-    try:
-        test = load_split(found.path, "test", cache_dir=cache_dir)
-    except UserError:
-        if found.kind != "image-folder" or (found.path / "test").exists():
-            raise
-        test = None  # an image folder with only train/
-    if test is not None and test.classes != train.classes:
-        raise UserError(
-            f"{found.path}: test classes {test.classes} differ from train classes {train.classes}"
-        )
+    test = _test_split(found, cache_dir, train)
+    if "test" in splits:
+        if test is None:
+            raise UserError(f"{found.path}: no test split to train on")
+        train, test = train.joined(test), None
     return DataSplits(
         train,
         val,
@@ -566,5 +595,20 @@ def load_splits(
             "val_size": len(val_idx),
             "max_per_class": max_per_class,
             "seed": seed,
+            "train_splits": "+".join(splits),
         },
     )
+
+
+def _test_split(found: Source, cache_dir: Path | None | bool, train: ImageSet) -> ImageSet | None:
+    try:
+        test = load_split(found.path, "test", cache_dir=cache_dir)
+    except UserError:
+        if found.kind != "image-folder" or (found.path / "test").exists():
+            raise
+        return None  # an image folder with only train/
+    if test.classes != train.classes:
+        raise UserError(
+            f"{found.path}: test classes {test.classes} differ from train classes {train.classes}"
+        )
+    return test

@@ -37,6 +37,11 @@ class Ensemble:
     def describe(self) -> str:
         return " + ".join(str(r.path) for r in self.releases)
 
+    @property
+    def parameters(self) -> int:
+        """Every member's parameters: averaging two models makes one model of both sizes."""
+        return sum(p.numel() for r in self.releases for p in r.model.parameters())
+
     def probs(
         self,
         images: np.ndarray,
@@ -62,7 +67,9 @@ class Ensemble:
         return (total / len(self.releases)).numpy()
 
 
-def load_ensemble(paths: list[str | Path], device: torch.device) -> Ensemble:
+def load_ensemble(paths: list[str | Path], device: torch.device, max_params: int = 0) -> Ensemble:
+    """The releases at `paths`, checked to label the same classes and, unless `max_params` is
+    0, to hold at most `max_params` parameters together."""
     releases = [load_release(path, device) for path in paths]
     first = releases[0]
     for other in releases[1:]:
@@ -72,12 +79,24 @@ def load_ensemble(paths: list[str | Path], device: torch.device) -> Ensemble:
                 f"{first.classes}; models averaged together must label the same classes in the "
                 "same order"
             )
-    return Ensemble(releases)
+    ensemble = Ensemble(releases)
+    if max_params and ensemble.parameters > max_params:
+        members = f"{len(releases)} models hold" if len(releases) > 1 else "the model holds"
+        raise UserError(
+            f"{ensemble.describe()}: {members} {ensemble.parameters:,} parameters, over "
+            f"the budget of {max_params:,} (--max-params; 0 turns the check off for local "
+            "experiments)"
+        )
+    return ensemble
 
 
 def _data_notes(release: Release) -> dict:
     notes = (release.meta.get("provenance") or {}).get("data")
     return notes if isinstance(notes, dict) else {}
+
+
+def _saw_test(notes: dict) -> bool:
+    return "test" in str(notes.get("train_splits", "train")).split("+")
 
 
 def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -> ImageSet:
@@ -116,6 +135,12 @@ def labeled_split(ensemble: Ensemble, split: str, data: str | None = None) -> Im
     notes = [_data_notes(r) for r in ensemble.releases]
     source = data or notes[0].get("source")
     if split == "test":
+        trained_on = [r.path for r, n in zip(ensemble.releases, notes, strict=True) if _saw_test(n)]
+        if trained_on and data is None:
+            raise UserError(
+                f"{trained_on[0]}: its run trained on the test split, so a test accuracy would "
+                "mean nothing; evaluate with --split val (or another source's test with --data)"
+            )
         images = load_split(source, "test")
     elif split == "val":
         images = _held_out_split(ensemble, source, notes)

@@ -18,6 +18,9 @@ from budgetnet.models.spec import Block, Layer, ResNetSpec
 from budgetnet.tables import markdown_table
 
 # No parameters, no FLOPs, same numbers out.
+# The competition's rule: at most this many parameters in the model that labels the test set
+# (an averaged ensemble counts every member).
+PARAMETER_BUDGET = 5_000_000
 _SILENT_OPS = ("relu", "gelu", "dropout", "flatten", "scale")
 
 

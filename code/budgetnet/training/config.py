@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from budgetnet.data.sources import IMAGE_SIZE
+from budgetnet.data.sources import IMAGE_SIZE, parse_train_splits
 from budgetnet.errors import UserError, brief, reject_unknown, shorten
 from budgetnet.files import read_yaml
 from budgetnet.runs import REPO_ROOT
@@ -36,6 +36,9 @@ class TrainConfig:
     )
     max_per_class: int | None = None  # keep the first N training images of each class
     val_size: int = 5000  # images held out from train for validation (0 = none)
+    # the splits the model trains on, joined by +: "train+test" trains on every labeled image
+    # (for the model you submit; no test accuracy is then reported)
+    train_splits: str = "train"
     normalize: str = "data"  # per-channel mean/std: data (of the training images) | imagenet
     # schedule
     epochs: int = 200
@@ -202,6 +205,7 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
         raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
+    parse_train_splits(config.train_splits)
     _check_fast_track(config)
     if (config.mixup or config.cutmix) and config.batch_size % 2:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")

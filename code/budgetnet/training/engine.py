@@ -231,7 +231,11 @@ def setup(
     runtime = _runtime(config, device)  # threads and allocator first: they speed up the rest
     seed_everything(config.seed + ddp.rank)
     splits = splits or load_splits(
-        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+        config.data,
+        val_size=config.val_size,
+        max_per_class=config.max_per_class,
+        seed=config.seed,
+        train_splits=config.train_splits,
     )
     splits = replace(splits, normalization=normalization(config, splits))
     if spec.num_classes != len(splits.train.classes):
@@ -506,6 +510,7 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
         # per-epoch validation and checkpoints
         "train_seconds": s.init_seconds + sum(row["seconds"] for row in progress.history),
         "init_seconds": s.init_seconds,
+        "train_splits": s.config.train_splits,  # "train+test": no test accuracy is reported
         **scores,
     }
     runs.write_json(run_dir / "results.json", results)

@@ -126,7 +126,8 @@ def server(release, test_folder, tmp_path_factory):
 
 def test_without_gradio_says_what_to_install():
     # None in sys.modules makes `import gradio` fail as it does where gradio is not installed;
-    # code/ goes first on the path, as when the script is run.
+    # code/ goes first on the path, as when the script is run. A new process: this one may have
+    # imported gradio and the demo already.
     code = (
         "import runpy, sys; sys.modules['gradio'] = None; sys.path.insert(0, 'code'); "
         "sys.argv = ['code/app.py', '--checkpoint', 'nowhere']; "

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from budgetnet.models.complexity import count_params
 from budgetnet.submission.csv_file import read_submission
 from publish import main as publish_main
 
-from conftest import REPO
+from conftest import REPO, run_in_process
 
 SHIPPED = REPO / "trained_model"
 # The fast preset with narrow stages and a short schedule: every part of the recipe still runs
@@ -34,10 +32,8 @@ TINY_FAST = [
 def fast_run(cifar, tmp_path_factory):
     """A finished tiny run of the fast preset (shared by the publishing tests)."""
     run = tmp_path_factory.mktemp("runs") / "fast-tiny"
-    result = subprocess.run(
-        [sys.executable, "code/train.py", *TINY_FAST, "--data", str(cifar), "--run-dir", str(run)],
-        cwd=REPO, capture_output=True, text=True,
-    )  # fmt: skip
+    args = [*TINY_FAST, "--data", str(cifar), "--run-dir", str(run)]
+    result = run_in_process("code/train.py", *args, cache=tmp_path_factory.mktemp("cache"))
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result.stdout
 
@@ -93,15 +89,15 @@ def test_publish_makes_the_release_plots_and_results_table(fast_run, cifar, tmp_
     assert not list(tmp_path.glob(".trained_model*"))  # no staged folder left behind
 
 
-def test_publish_refuses_an_unfinished_run(tmp_path, run_script):
+def test_publish_refuses_an_unfinished_run(tmp_path, run_main):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("config: {}\n")
-    result = run_script("code/publish.py", str(tmp_path / "run"), "--out", str(tmp_path / "o"))
+    result = run_main("code/publish.py", str(tmp_path / "run"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "not a finished run" in result.stderr and not (tmp_path / "o").exists()
 
 
-def test_shipped_release_is_fp16_within_budget_and_used_by_default(tmp_path, run_script):
+def test_shipped_release_is_fp16_within_budget_and_used_by_default(tmp_path, run_main):
     release = load_release(SHIPPED)
     assert release.meta["weights_dtype"] == "float16"
     assert count_params(release.model.spec) <= 5_000_000
@@ -112,19 +108,19 @@ def test_shipped_release_is_fp16_within_budget_and_used_by_default(tmp_path, run
     images = np.broadcast_to(np.arange(4, dtype=np.uint8)[:, None, None, None] * 60, (4, 32, 32, 3))
     write_unlabeled_pickle(pkl, np.ascontiguousarray(images), ids)
     out = tmp_path / "submission.csv"
-    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(out))  # no --checkpoint
+    result = run_main("inference.py", "--pkl", str(pkl), "--out", str(out))  # no --checkpoint
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained_model" in result.stdout
     assert list(read_submission(out)[0]) == list(ids)
 
 
 @pytest.mark.data
-def test_shipped_release_labels_real_test_images(shared_cifar10, tmp_path, run_script):
+def test_shipped_release_labels_real_test_images(shared_cifar10, tmp_path, run_main):
     test = load_split(shared_cifar10, "test")
     images, ids, labels = kaggle_style(test.subset(np.arange(0, len(test), 20)), seed=0)
     pkl, out = tmp_path / "test.pkl", tmp_path / "submission.csv"
     write_unlabeled_pickle(pkl, images, ids)
-    result = run_script("inference.py", "--pkl", str(pkl), "--out", str(out), "--tta", "0")
+    result = run_main("inference.py", "--pkl", str(pkl), "--out", str(out), "--tta", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     written_ids, predicted = read_submission(out)
     assert list(written_ids) == list(ids)

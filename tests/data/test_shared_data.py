@@ -23,7 +23,7 @@ def test(shared_cifar10):
     return load_split(shared_cifar10, "test")
 
 
-def test_sizes_classes_and_counts(train, test):
+def test_real_cifar10_has_50000_train_and_10000_test_images_in_balanced_classes(train, test):
     assert train.images.shape == (50_000, 32, 32, 3) and train.images.dtype == np.uint8
     assert test.images.shape == (10_000, 32, 32, 3)
     assert train.classes == CLASSES == test.classes
@@ -48,7 +48,7 @@ def test_second_load_comes_from_the_cache(shared_cifar10, test, monkeypatch):
     np.testing.assert_array_equal(again.labels, test.labels)
 
 
-def test_default_splits(shared_cifar10):
+def test_default_splits_hold_out_a_balanced_5000_and_give_cifar10_statistics(shared_cifar10):
     splits = load_splits(shared_cifar10, seed=0)
     assert len(splits.train) == 45_000 and len(splits.val) == 5_000 and len(splits.test) == 10_000
     assert splits.val.class_counts().tolist() == [500] * 10
@@ -57,6 +57,6 @@ def test_default_splits(shared_cifar10):
     np.testing.assert_allclose(splits.normalization.std, [0.247, 0.243, 0.261], atol=0.005)
 
 
-def test_max_per_class(shared_cifar10):
+def test_max_per_class_caps_every_class(shared_cifar10):
     capped = load_split(shared_cifar10, "train", max_per_class=500)
     assert len(capped) == 5000 and capped.class_counts().tolist() == [500] * 10

@@ -19,9 +19,9 @@ import torch
 import yaml
 from PIL import Image
 
-from budgetnet.data.normalization import Normalization
-from budgetnet.data.sources import DataSplits
+from budgetnet.data.sources import DataSplits, load_splits
 from budgetnet.errors import ArgumentParser, UserError
+from budgetnet.evaluation.infer import infer
 from budgetnet.evaluation.metrics import metrics
 from budgetnet.models import checkpoint
 from budgetnet.models.spec import ResNetSpec
@@ -32,28 +32,7 @@ from budgetnet.training.config import TrainConfig
 
 from cifar_files import write_cifar10
 from conftest import REPO
-
-TINY = [
-    "--blocks",
-    "1",
-    "1",
-    "--channels",
-    "8",
-    "16",
-    "--batch-size",
-    "32",
-    "--val-size",
-    "40",
-    "--aa",
-    "",
-    "--reprob",
-    "0",
-    "--warmup-epochs",
-    "0.5",
-    "--device",
-    "cpu",
-]
-NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+from tiny import NORM, TRAIN_FLAGS, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +42,19 @@ def cifar(tmp_path_factory):
     return folder
 
 
-def test_one_epoch_writes_every_artifact(cifar, tmp_path, run_script):
+def epoch_flags(cifar, run, epochs: int = 1) -> list[str]:
+    """train.py flags for `epochs` epochs on the tiny data into `run`."""
+    return ["--data", str(cifar), "--epochs", str(epochs), "--run-dir", str(run)]
+
+
+def test_one_epoch_writes_every_artifact(cifar, tmp_path, run_main):
     run = tmp_path / "run"
-    result = run_script(
+    result = run_main(
         "code/train.py",
-        "--data",
-        str(cifar),
-        "--epochs",
-        "1",
-        "--run-dir",
-        str(run),
+        *epoch_flags(cifar, run),
         "--seed",
         "3",
-        *TINY,
+        *TRAIN_FLAGS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -108,14 +87,9 @@ def _train_until_killed(cifar, run, env):
         [
             sys.executable,
             "code/train.py",
-            "--data",
-            str(cifar),
-            "--epochs",
-            "4",
-            "--run-dir",
-            str(run),
+            *epoch_flags(cifar, run, epochs=4),
             "--ema",
-            *TINY,
+            *TRAIN_FLAGS,
         ],
         cwd=REPO,
         env=env,
@@ -135,14 +109,9 @@ def test_killed_and_resumed_run_ends_with_identical_weights(cifar, tmp_path, run
     env = {**os.environ, "BUDGETNET_CACHE": str(tmp_path / "cache")}
     straight = run_script(
         "code/train.py",
-        "--data",
-        str(cifar),
-        "--epochs",
-        "4",
-        "--run-dir",
-        str(tmp_path / "a"),
+        *epoch_flags(cifar, tmp_path / "a", epochs=4),
         "--ema",
-        *TINY,
+        *TRAIN_FLAGS,
     )
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed_after = _train_until_killed(cifar, tmp_path / "b", env)
@@ -163,10 +132,10 @@ def test_killed_and_resumed_run_ends_with_identical_weights(cifar, tmp_path, run
     assert strip[0] == strip[1]  # everything but the timings
 
 
-def test_resume_refuses_other_settings(cifar, tmp_path, run_script):
-    result = run_script("code/train.py", "--resume", str(tmp_path), "--lr", "0.5")
+def test_resume_refuses_other_settings(cifar, tmp_path, run_main):
+    result = run_main("code/train.py", "--resume", str(tmp_path), "--lr", "0.5")
     assert result.returncode == 2 and "drop --lr" in result.stderr
-    result = run_script("code/train.py", "--resume", str(tmp_path))
+    result = run_main("code/train.py", "--resume", str(tmp_path))
     assert result.returncode == 2 and "not a run directory" in result.stderr
 
 
@@ -175,7 +144,7 @@ def _optimizer(config):
     return optim.make_optimizer(config, model)
 
 
-def test_cosine_schedule_at_exact_steps():
+def test_cosine_schedule_warms_up_peaks_and_decays_at_exact_steps():
     config = TrainConfig(
         epochs=10, warmup_epochs=2, lr=0.1, batch_size=256, lr_base_size=128, min_lr=0.001
     )
@@ -221,7 +190,7 @@ def test_epoch_order_is_seeded_and_sharded():
     assert len(epoch_order(0, 0, 105, 20)) == 100  # the partial batch is dropped
 
 
-def test_device_and_worker_batches_shapes_and_values():
+def test_device_and_worker_batches_hold_every_image_once_as_uint8_nchw():
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(64) % 10
     for kind, config in (
@@ -270,7 +239,43 @@ def test_batch_augment_normalises_erases_and_mixes():
     assert (soft.min(1).values >= 0.1 / 10 - 1e-6).all()  # smoothing mass on every class
 
 
-def test_label_smoothing_loss():
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "no-channels-last"])
+def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inference(
+    cifar, tmp_path, channels_last
+):
+    """--no-channels-last matters: training batches, the model's convolution weights and the
+    inputs infer() feeds it are all NCHW-contiguous; by default all are channels_last."""
+    wanted, other = torch.channels_last, torch.contiguous_format
+    if not channels_last:
+        wanted, other = other, wanted
+    config = tiny_config(cifar, tmp_path, epochs=1, channels_last=channels_last)
+    splits = load_splits(cifar, val_size=40, cache_dir=False)
+    session = engine.setup(config, ResNetSpec((1, 1), (8, 16)), splits, log=lambda line: None)
+
+    images, labels = next(iter(session.batches.epoch(0)))
+    x, _ = session.augment(images, labels)
+    assert x.is_contiguous(memory_format=wanted) and not x.is_contiguous(memory_format=other)
+    direct, _ = BatchAugment(config, NORM, 10, None, torch.device("cpu"))(images, labels)
+    assert direct.is_contiguous(memory_format=wanted)
+    assert not direct.is_contiguous(memory_format=other)
+
+    convs = [m for m in session.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(conv.weight.is_contiguous(memory_format=wanted) for conv in convs)
+    spatial = [conv for conv in convs if conv.kernel_size != (1, 1)]  # 1x1: both orders at once
+    assert spatial and not any(conv.weight.is_contiguous(memory_format=other) for conv in spatial)
+
+    fed = []
+    hook = convs[0].register_forward_pre_hook(lambda module, args: fed.append(args[0]))
+    try:
+        infer(session.model, splits.test.images[:4], splits.normalization, tta=0)
+    finally:
+        hook.remove()
+    assert len(fed) == 1 and fed[0].shape == (4, 3, 32, 32)
+    assert fed[0].is_contiguous(memory_format=wanted)
+    assert not fed[0].is_contiguous(memory_format=other)
+
+
+def test_label_smoothing_loss_matches_the_smoothed_cross_entropy_by_hand():
     loss = engine.make_loss(TrainConfig(smoothing=0.1))
     logits = torch.tensor([[10.0, 0.0, 0.0]])
     log_p = logits.log_softmax(1)
@@ -293,20 +298,6 @@ def test_ema_follows_the_weights():
     assert ema.module.weight.item() == pytest.approx(0.1)
     ema.update(model)
     assert ema.module.weight.item() == pytest.approx(0.19)
-
-
-def tiny_config(cifar, tmp_path, **overrides) -> TrainConfig:
-    """A TrainConfig for in-process runs on the tiny data set, on the CPU."""
-    settings = dict(
-        data=str(cifar),
-        batch_size=32,
-        val_size=40,
-        aa=None,
-        reprob=0,
-        run_dir=str(tmp_path / "run"),
-        device="cpu",
-    )
-    return TrainConfig(**{**settings, **overrides})
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypatch):
@@ -332,14 +323,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_early_stopping(cifar, tmp_path):
+def test_early_stopping_ends_the_run_when_val_accuracy_stops_improving(cifar, tmp_path):
     # No epoch can gain a whole 100%.
     config = tiny_config(cifar, tmp_path, epochs=20, warmup_epochs=0, patience=1, min_delta=1.0)
     results = engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
     assert results["epochs_run"] == 2
 
 
-def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path, run_script):
+def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path, run_main):
     config = tmp_path / "c.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -355,7 +346,7 @@ def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path,
             }
         )
     )
-    result = run_script(
+    result = run_main(
         "code/train.py",
         "--config",
         str(config),
@@ -373,9 +364,9 @@ def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path,
     assert saved["model"]["blocks"] == [1, 1, 1] and saved["model"]["channels"] == [4, 8, 16]
     assert saved["model"]["shortcut"] == "identity"  # from the resnet20 preset
     config.write_text("epochs: 1\nlearning_rate: 0.1\n")
-    result = run_script("code/train.py", "--config", str(config))
+    result = run_main("code/train.py", "--config", str(config))
     assert result.returncode == 2 and "unknown setting(s) learning_rate" in result.stderr
-    result = run_script("code/train.py", "--preset", "no-such-thing", "--data", str(cifar))
+    result = run_main("code/train.py", "--preset", "no-such-thing", "--data", str(cifar))
     assert result.returncode == 2 and "unknown preset" in result.stderr
 
 
@@ -405,7 +396,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run(cifar, tmp_path):
+def test_two_process_gloo_run_keeps_one_rng_state_per_rank_and_only_rank_0_reports(cifar, tmp_path):
     if shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None:
         pytest.skip("torchrun is not installed beside this Python")
     run = tmp_path / "ddp"
@@ -417,14 +408,9 @@ def test_two_process_gloo_run(cifar, tmp_path):
             "--master_port",
             str(_free_port()),
             "code/train.py",
-            "--data",
-            str(cifar),
-            "--epochs",
-            "1",
-            "--run-dir",
-            str(run),
+            *epoch_flags(cifar, run),
             "--ema",
-            *TINY,
+            *TRAIN_FLAGS,
         ],
         cwd=REPO,
         env={**os.environ, "BUDGETNET_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
@@ -454,10 +440,10 @@ def test_resume_state_loads_only_tensors(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_search_ranks_top_candidates_by_short_training(cifar, tmp_path, run_script):
+def test_search_ranks_top_candidates_by_short_training(cifar, tmp_path, run_main):
     settings = tmp_path / "train.yaml"
     settings.write_text("val_size: 40\nbatch_size: 32\naa: null\nreprob: 0\ndevice: cpu\n")
-    result = run_script(
+    result = run_main(
         "code/search.py",
         "--max-params",
         "3e4",
@@ -491,13 +477,13 @@ def test_search_ranks_top_candidates_by_short_training(cifar, tmp_path, run_scri
     assert len(list((tmp_path / "s" / "train").iterdir())) == 2  # one run directory each
 
 
-def test_lr_range_test_finds_a_descent_and_plots(cifar, tmp_path, run_script):
+def test_lr_range_test_finds_a_descent_and_plots(cifar, tmp_path, run_main):
     out = tmp_path / "lr.png"
-    result = run_script(
+    result = run_main(
         "code/lr_find.py",
         "--data",
         str(cifar),
-        *TINY,
+        *TRAIN_FLAGS,
         "--steps",
         "30",
         "--start-lr",
@@ -558,7 +544,7 @@ def test_cutout_erases_one_fixed_square_with_the_mean_colour():
     assert (resized[0] == 0).all(dim=0).sum() == 32 * 32  # the same share of a resized image
 
 
-def test_new_settings_are_checked_and_parsed():
+def test_augmentation_and_tracking_settings_are_checked_and_parsed():
     from budgetnet.cli import add_config_arguments
     from budgetnet.training.config import MLFLOW_DEFAULT, merge
 
@@ -581,7 +567,7 @@ def test_new_settings_are_checked_and_parsed():
     assert not hasattr(parser.parse_args([]), "mlflow")  # untyped flags leave the config alone
 
 
-def test_constant_schedule_and_imagenet_normalisation():
+def test_constant_schedule_holds_the_lr_and_imagenet_normalisation_is_used_when_asked():
     config = TrainConfig(sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32)
     set_lr = schedule.make_schedule(config, _optimizer(config), steps_per_epoch=10)
     assert [set_lr(step) for step in (0, 55, 199)] == pytest.approx([1e-3] * 3)

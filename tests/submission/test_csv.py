@@ -75,7 +75,7 @@ BAD_FILES = [
 
 
 @pytest.mark.parametrize(("content", "message"), BAD_FILES)
-def test_check_refusals(tmp_path, content, message):
+def test_malformed_submissions_are_refused_with_the_reason(tmp_path, content, message):
     path = tmp_path / "s.csv"
     path.write_text(content)
     with pytest.raises(UserError, match=message):
@@ -97,7 +97,7 @@ def test_check_respects_num_classes(tmp_path):
         check_submission(path, IDS, num_classes=10)
 
 
-def test_score(tmp_path):
+def test_score_counts_right_labels_in_any_row_order_and_refuses_other_ids(tmp_path):
     key = write_submission(tmp_path / "key.csv", IDS, LABELS)
     guess = LABELS.copy()
     guess[[0, 3]] = [5, 7]

@@ -26,10 +26,9 @@ from budgetnet.submission.csv_file import (
     write_submission,
 )
 from budgetnet.submission.upload import submit
-from test_evaluate import NORM, save_random_release
-from test_train import TINY
 
 from cifar_files import CIFAR10_CLASSES, random_images, write_cifar10
+from tiny import NORM, TRAIN_FLAGS, save_random_release
 
 WIDER = ResNetSpec((1, 1), (16, 32))
 
@@ -58,7 +57,7 @@ def run_inference(*args) -> None:
     assert inference.main(inference_args(*args)) == 0
 
 
-def test_tta_views_and_probabilities_at_every_level(tmp_path):
+def test_every_tta_level_averages_its_views_into_probabilities(tmp_path):
     model = load_release(save_random_release(tmp_path, seed=7, spec=WIDER)).model
     images = random_images(5, seed=2)
     x = torch.zeros(5, 3, 32, 32)
@@ -93,12 +92,15 @@ def test_bf16_agrees_with_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_train_pickle_inference_check_score(tmp_path, run_script):
+def test_trained_run_labels_a_kaggle_pickle_from_the_command_line_as_infer_does(
+    tmp_path, run_script
+):
+    # New processes: train.py's and inference.py's real command lines, end to end.
     cifar = tmp_path / "cifar"
     write_cifar10(cifar, per_batch=40, test_count=50)
     run = tmp_path / "run"
     trained = run_script(
-        "code/train.py", "--data", str(cifar), "--epochs", "1", "--run-dir", str(run), *TINY
+        "code/train.py", "--data", str(cifar), "--epochs", "1", "--run-dir", str(run), *TRAIN_FLAGS
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
 
@@ -125,7 +127,9 @@ def test_end_to_end_train_pickle_inference_check_score(tmp_path, run_script):
     assert len(held_out) == 40 and "validation split of 40" in held_out.source
 
 
-def test_probabilities_saved_and_ensembles_averaged(pickle_file, releases, tmp_path, capsys):
+def test_saved_probabilities_of_an_ensemble_are_the_average_of_its_models(
+    pickle_file, releases, tmp_path, capsys
+):
     pkl, ids = pickle_file
     saved = []
     for name, chosen in (("a", releases[:1]), ("b", releases[1:]), ("ab", releases)):
@@ -208,10 +212,10 @@ def test_bad_pickle_is_refused_before_the_model_loads(tmp_path):
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_refusal_is_one_line_and_exit_2(pickle_file, releases, tmp_path, run_script):
+def test_refusal_is_one_line_and_exit_2(pickle_file, releases, tmp_path, run_main):
     checkpoint = _foreign_checkpoint(tmp_path, releases)[0]
     out = tmp_path / "s.csv"
-    result = run_script("inference.py", *inference_args(pickle_file[0], out, [checkpoint]))
+    result = run_main("inference.py", *inference_args(pickle_file[0], out, [checkpoint]))
     assert result.returncode == 2 and not out.exists()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {checkpoint}: not a budgetnet")
@@ -241,6 +245,8 @@ def test_submit_runs_the_official_tool(pickle_file, releases, tmp_path, run_scri
     }
     submit_args = ["--submit", "-m", "tiny, TTA 1"]
     args = inference_args(pickle_file[0], out, releases[:1], *submit_args)
+    # A new process: the kaggle tool writes to the stdout it inherits, which redirecting
+    # sys.stdout in this process would not capture.
     result = run_script("inference.py", *args, env=env)
     assert result.returncode == 0, result.stderr
     recorded = (bin_dir / "args.txt").read_text().splitlines()

@@ -43,7 +43,7 @@ def test_search_keeps_exactly_what_fits_and_ranks_by_flops():
     assert keys == sorted(keys)
 
 
-def test_pareto_front_by_hand():
+def test_pareto_front_keeps_the_undominated_points_worked_out_by_hand():
     #         0       1       2       3       4       5
     points = [(1, 5), (2, 4), (2, 6), (3, 6), (3, 7), (1, 5)]
     # (2,4) has more params and fewer FLOPs than (1,5); (3,6) more params than (2,6), same FLOPs;
@@ -67,7 +67,7 @@ def test_search_marks_the_pareto_front_by_definition():
     assert kept[0].pareto  # the top of the ranking is never dominated
 
 
-def test_grid_keys_are_checked():
+def test_unknown_or_empty_grid_keys_and_even_kernels_are_refused():
     with pytest.raises(UserError, match=r"unknown grid keys \['width'\]"):
         Grid.from_dict({"width": [32]})
     with pytest.raises(UserError, match="non-empty list"):
@@ -95,7 +95,7 @@ def test_rank_by_training_reorders_the_top_k_by_accuracy():
         rank_by_training(kept, train_fn, top_k=0)
 
 
-def test_csv_and_markdown(tmp_path):
+def test_csv_holds_every_candidate_and_markdown_the_top_rows(tmp_path):
     kept = search(SMALL, 1_000_000)
     write_csv(tmp_path / "out" / "candidates.csv", kept)
     with open(tmp_path / "out" / "candidates.csv", newline="") as f:
@@ -143,16 +143,16 @@ def test_search_cli_flags_override_the_yaml(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err
 
 
-def test_search_cli_runs_as_a_script(tmp_path, run_script):
+def test_search_prints_the_ranking_and_writes_csv_and_markdown(tmp_path, run_main):
     out = tmp_path / "res"
-    result = run_script("code/search.py", "--widths", "32", "64", "--out", str(out), "--top", "5")
+    result = run_main("code/search.py", "--widths", "32", "64", "--out", str(out), "--top", "5")
     assert result.returncode == 0, result.stderr
     assert "under 5,000,000 parameters" in result.stdout and "| rank |" in result.stdout
     assert (out / "candidates.csv").exists() and (out / "candidates.md").exists()
 
 
-def test_search_cli_bad_value_is_one_line(run_script):
-    bad = run_script("code/search.py", "--block", "dense")
+def test_search_refuses_an_unknown_block_in_one_line(run_main):
+    bad = run_main("code/search.py", "--block", "dense")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "error: block must be one of ['basic', 'bottleneck', 'preact', 'res9', 'fast'], got 'dense'"

@@ -40,7 +40,7 @@ def assert_image_set(images, expected_images, expected_labels, classes):
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_cifar10_batches_folder(tmp_path, split):
+def test_cifar10_batches_folder_or_its_parent_reads_back_the_written_images(tmp_path, split):
     written = write_cifar10(tmp_path / "cifar-10-batches-py")
     for where in (tmp_path / "cifar-10-batches-py", tmp_path):  # the folder, or its parent
         loaded = load_split(where, split)
@@ -62,7 +62,7 @@ def test_cifar10_archive_read_without_unpacking(tmp_path):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_cifar100_fine_and_coarse(tmp_path, packed):
+def test_cifar100_reads_fine_and_coarse_labels_from_folder_or_archive(tmp_path, packed):
     written = write_cifar100(tmp_path / "cifar-100-python")
     source = tmp_path / "cifar-100-python"
     if packed:
@@ -77,7 +77,7 @@ def test_cifar100_fine_and_coarse(tmp_path, packed):
 
 
 @pytest.mark.parametrize("suffix", [".png", ".bmp"])
-def test_image_folder_lossless_formats(tmp_path, suffix):
+def test_image_folder_in_lossless_formats_reads_back_exactly_with_sorted_classes(tmp_path, suffix):
     written = write_image_folder(tmp_path, {"dog": 3, "cat": 4, "ant": 2}, suffix=suffix)
     loaded = load_split(tmp_path, "train", cache_dir=tmp_path / "cache")
     assert loaded.classes == ["ant", "cat", "dog"]  # sorted, whatever the creation order
@@ -87,7 +87,7 @@ def test_image_folder_lossless_formats(tmp_path, suffix):
     )
 
 
-def test_image_folder_jpeg_grayscale_and_other_sizes(tmp_path):
+def test_image_folder_converts_jpeg_grayscale_and_other_sizes_to_32px_rgb(tmp_path):
     (tmp_path / "test" / "a").mkdir(parents=True)
     smooth = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))
     Image.fromarray(np.stack([smooth] * 3, -1)).save(tmp_path / "test/a/1.jpg", quality=95)

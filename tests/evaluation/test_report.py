@@ -11,7 +11,6 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, log_loss
 
-from budgetnet.data.normalization import Normalization
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import UserError
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
@@ -20,12 +19,10 @@ from budgetnet.evaluation.metrics import ECE_BINS, metrics, per_class_metrics, r
 from budgetnet.evaluation.report import evaluate_ensemble
 from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import save_release
-from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
+from tiny import NORM, TINY_SPEC, save_random_release
 
-TINY = ResNetSpec((1, 1), (8, 16))
-NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
 FAVOURITE = 3  # the class the constant model always predicts
 # Its logits: 2 for the favourite, 0 elsewhere (exact in bf16), so every image gets this top
 # probability whatever the precision.
@@ -35,24 +32,13 @@ CONFIDENCE = math.exp(2) / (math.exp(2) + len(CIFAR10_CLASSES) - 1)
 def save_constant_release(folder, provenance=None, classes=CIFAR10_CLASSES):
     """A network that ignores its input: zero convolutions make every feature 0, so the
     logits are the classifier's bias and it predicts FAVOURITE with CONFIDENCE."""
-    model = build(TINY)
+    model = build(TINY_SPEC)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.weight.zero_()
         model.head.fc.bias.zero_()
         model.head.fc.bias[FAVOURITE] = 2.0
-    return save_release(folder, model, classes, NORM, {}, provenance or {})
-
-
-def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY, provenance=None):
-    torch.manual_seed(seed)
-    model = build(spec)
-    with torch.no_grad():  # BatchNorm statistics that differ from the identity's
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
     return save_release(folder, model, classes, NORM, {}, provenance or {})
 
 
@@ -63,7 +49,7 @@ def cifar(tmp_path_factory):
     return folder
 
 
-def test_ece_and_reliability_by_hand():
+def test_ece_and_reliability_bins_match_a_hand_computation():
     probs = np.array(
         [
             [0.9, 0.05, 0.03, 0.02],  # right, confidence 0.9
@@ -122,12 +108,14 @@ def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_cli_with_known_predictions(cifar, tmp_path, run_script):
+def test_evaluate_command_reports_and_plots_the_known_scores_of_a_constant_model(
+    cifar, tmp_path, run_script
+):
     release = save_constant_release(tmp_path / "constant")
     outputs = ["--report-dir", tmp_path / "reports", "--plots-dir", tmp_path / "plots"]
     sweep = ["--corruptions", "gaussian_noise", "fog", "--severities", 1, 5]
     args = ["--checkpoint", release, "--data", cifar, "--tta", 0, 1, *outputs, *sweep]
-    result = run_script("code/evaluate.py", *map(str, args))
+    result = run_script("code/evaluate.py", *map(str, args))  # the real command line, end to end
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "reports" / "evaluation-test.json").read_text())
     share = 3 / 30  # the test split holds 3 images of the favourite class
@@ -166,7 +154,7 @@ def test_val_split_is_the_one_training_held_out(cifar, tmp_path):
     assert "validation split of 20 (seed 4)" in images.source
 
 
-def test_refusals(cifar, tmp_path):
+def test_mismatched_classes_and_validation_splits_are_refused(cifar, tmp_path):
     bare = load_ensemble([save_constant_release(tmp_path / "bare")], torch.device("cpu"))
     with pytest.raises(UserError, match="does not record how its validation split"):
         labeled_split(bare, "val", str(cifar))
@@ -184,8 +172,8 @@ def test_refusals(cifar, tmp_path):
         labeled_split(load_ensemble(pair, torch.device("cpu")), "val")
 
 
-def test_evaluate_cli_refuses_unknown_corruptions_in_one_line(tmp_path, run_script):
-    result = run_script("code/evaluate.py", "--checkpoint", str(tmp_path), "--corruptions", "snow")
+def test_evaluate_refuses_an_unknown_corruption_in_one_line(tmp_path, run_main):
+    result = run_main("code/evaluate.py", "--checkpoint", str(tmp_path), "--corruptions", "snow")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown corruption 'snow'; known: gaussian_noise, gaussian_blur, contrast, "

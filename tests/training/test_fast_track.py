@@ -171,7 +171,7 @@ def test_reflect_translation_matches_torchvision():
         assert any(torch.equal(out[k], w) for w in windows)
 
 
-def test_orthogonalize_and_muon_step():
+def test_orthogonalize_gives_near_unit_singular_values_and_muon_steps_by_them():
     g = torch.randn(64, 3 * 3 * 32, generator=torch.Generator().manual_seed(0))
     singular = torch.linalg.svdvals(orthogonalize(g))
     assert singular.min() > 0.3 and singular.max() < 1.6  # near 1, not exactly (by design)
@@ -241,7 +241,7 @@ def test_configure_cpu_sets_threads_and_reports_the_allocator():
     assert ("heap reuse" in line) == runtime.tune_allocator()
 
 
-def test_fast_spec_is_checked():
+def test_fast_spec_refuses_bad_fields_and_strides_every_stage():
     from budgetnet.errors import UserError
 
     with pytest.raises(UserError, match="24 channels"):
@@ -255,7 +255,8 @@ def test_fast_spec_is_checked():
 
 
 def test_airbench_adapter_runs_the_package_on_the_cpu(tmp_path):
-    """The benchmark's airbench process: package unmodified, device and precision adapted."""
+    """The benchmark's airbench process: package unmodified, device and precision adapted
+    (in a new process: adapt_to_cpu patches torch and torch.cuda for the whole process)."""
     pytest.importorskip("airbench")
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     (tmp_path / "cifar10").mkdir()

@@ -139,7 +139,7 @@ def test_table_shapes_match_a_forward_pass():
     assert {r.name: (1, *r.output_shape) for r in layer_table(spec)} == shapes
 
 
-def test_receptive_field_of_resnet24():
+def test_receptive_field_of_resnet24_grows_stage_by_stage_as_counted_by_hand():
     # Stem 3x3: 3; stage 1 adds 6 convs x 2 px; stage 2: 8 convs, stride 2 after the first, ...
     assert receptive_field(model_spec("resnet24_b343")) == {
         "stem": 3, "stage1": 15, "stage2": 45, "stage3": 89
@@ -197,7 +197,7 @@ def run_summary(capsys, *argv: str) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_summary_cli_in_process(capsys):
+def test_summary_prints_the_totals_and_refuses_bad_flags_in_one_line(capsys):
     code, out, _ = run_summary(capsys, "--model", "custom_resnet9")
     assert code == 0 and "parameters: 6,573,130" in out and "head.fc" in out
     code, out, _ = run_summary(capsys, "--blocks", "3", "4", "3", "--channels", "66", "132", "264")
@@ -208,8 +208,8 @@ def test_summary_cli_in_process(capsys):
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err
 
 
-def test_summary_cli_lists_the_zoo(run_script):
-    result = run_script("code/summary.py", "--list")
+def test_summary_list_shows_every_model_with_its_counts(run_main):
+    result = run_main("code/summary.py", "--list")
     assert result.returncode == 0, result.stderr
     for name in MODELS:
         assert f"| {name} " in result.stdout

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from budgetnet import runs
 from budgetnet.errors import UserError
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.training import engine, tracking
@@ -43,16 +44,7 @@ def test_markdown_log_has_settings_epochs_results_and_plots(cifar, tmp_path):
     text = (run / tracking.LOG_FILE).read_text()
     assert text.startswith("# Training log: run\n")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()]
-    header = [
-        "epoch",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "lr",
-        "seconds",
-        "images_per_s",
-    ]
+    header = list(runs.HISTORY_COLUMNS)
     assert header in rows
     assert sum(row[0].startswith("**") for row in rows) == 1  # one best epoch, in bold
     assert ["test_acc_tta1", f"{100 * results['test_acc_tta1']:.2f}%"] in rows

@@ -35,12 +35,12 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_the_zoo_is_pinned():
+def test_the_zoo_lists_exactly_the_pinned_models_in_order():
     assert list_models() == list(PRESET_PARAMS)
 
 
 @pytest.mark.parametrize("name", list(PRESET_PARAMS))
-def test_preset_count_forward_and_gradients(name):
+def test_every_preset_has_its_published_count_and_trains_with_finite_gradients(name):
     torch.manual_seed(0)
     spec = model_spec(name)
     model = create_model(name)
@@ -116,7 +116,7 @@ def test_from_dict_rejects_unknown_and_missing_keys():
         ({"blocks": "343"}, "must be a list of integers"),
     ],
 )
-def test_validation_messages(fields, message):
+def test_invalid_spec_fields_are_refused_with_a_message(fields, message):
     base = model_spec("resnet24_b343").to_dict()
     if message is None:
         ResNetSpec.from_dict({**base, **fields})

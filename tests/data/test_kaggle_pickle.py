@@ -41,7 +41,7 @@ def test_every_layout_reads_back_as_hwc(tmp_path, layout, protocol):
 
 
 @pytest.mark.parametrize("layout", ["hwc", "flat", "chw"])
-def test_writer_round_trip(tmp_path, layout):
+def test_written_pickle_reads_back_in_every_layout_and_leaves_no_temporary_file(tmp_path, layout):
     write_unlabeled_pickle(tmp_path / "out.pkl", IMAGES, IDS, layout)
     raw = safe_load(tmp_path / "out.pkl")
     assert (
@@ -53,7 +53,7 @@ def test_writer_round_trip(tmp_path, layout):
     assert [p.name for p in tmp_path.iterdir()] == ["out.pkl"]  # no temporary file left
 
 
-def test_lenient_forms_accepted(tmp_path):
+def test_str_keys_list_ids_and_wider_int_pixels_are_accepted(tmp_path):
     # str keys, ids as a Python list of ints / numpy ints, pixel values in a wider int dtype
     path = dump(tmp_path, {"data": IMAGES.astype(np.int32), "ids": [int(i) for i in IDS]})
     np.testing.assert_array_equal(read_unlabeled_pickle(path).images, IMAGES)
@@ -88,14 +88,14 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("payload", "message"), REFUSALS)
-def test_refusals(tmp_path, payload, message):
+def test_malformed_pickles_are_refused_in_one_line_naming_the_file(tmp_path, payload, message):
     path = dump(tmp_path, payload)
     with pytest.raises(UserError, match=message) as info:
         read_unlabeled_pickle(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_truncated_and_non_pickle_files(tmp_path):
+def test_truncated_non_pickle_missing_and_directory_paths_are_refused(tmp_path):
     good = pickle.dumps({b"data": IMAGES, b"ids": IDS})
     (tmp_path / "cut.pkl").write_bytes(good[: len(good) // 2])
     with pytest.raises(UserError, match="not a valid pickle"):

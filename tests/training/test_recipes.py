@@ -35,7 +35,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def test_there_are_configs():
+def test_at_least_six_recipes_ship_in_configs():
     assert len(CONFIGS) >= 6, CONFIGS
 
 
@@ -51,7 +51,7 @@ def _resolve(path, *flags):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
-def test_config_trains_a_few_steps(path, tiny_data, tmp_path):
+def test_every_recipe_trains_a_few_steps_at_tiny_width(path, tiny_data, tmp_path):
     recipe, _ = _resolve(path)
     cifar100 = recipe.data == "cifar100"
     data = tiny_data / ("cifar100" if cifar100 else "cifar10")

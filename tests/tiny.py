@@ -1,0 +1,67 @@
+"""Tiny settings, networks and releases that tests in several folders share (a test module
+imports what it needs: `from tiny import ...`, as from `cifar_files`)."""
+
+from __future__ import annotations
+
+import torch
+
+from budgetnet.data.normalization import Normalization
+from budgetnet.models.builder import build
+from budgetnet.models.checkpoint import save_release
+from budgetnet.models.spec import ResNetSpec
+from budgetnet.training.config import TrainConfig
+
+from cifar_files import CIFAR10_CLASSES
+
+# Two stages of one block: 8 channels at least, because oneDNN's AVX2 1x1 strided convolution
+# backward crashes on fewer input channels.
+TINY_SPEC = ResNetSpec((1, 1), (8, 16))
+NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+# code/train.py flags for a run of seconds on the 200-image CIFAR fixture, on the CPU.
+TRAIN_FLAGS = [
+    "--blocks",
+    "1",
+    "1",
+    "--channels",
+    "8",
+    "16",
+    "--batch-size",
+    "32",
+    "--val-size",
+    "40",
+    "--aa",
+    "",
+    "--reprob",
+    "0",
+    "--warmup-epochs",
+    "0.5",
+    "--device",
+    "cpu",
+]
+
+
+def tiny_config(cifar, tmp_path, **overrides) -> TrainConfig:
+    """A TrainConfig for in-process runs on the tiny data set, on the CPU."""
+    settings = dict(
+        data=str(cifar),
+        batch_size=32,
+        val_size=40,
+        aa=None,
+        reprob=0,
+        run_dir=str(tmp_path / "run"),
+        device="cpu",
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, provenance=None):
+    """A release of a randomly initialised network, with BatchNorm statistics that differ from
+    the identity's."""
+    torch.manual_seed(seed)
+    model = build(spec)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return save_release(folder, model, classes, NORM, {}, provenance or {})
