@@ -22,6 +22,7 @@ from budgetnet.training import engine, lookahead, optim, schedule
 from budgetnet.training.augment import DeviceBatches, altflip_mask, random_crop
 from budgetnet.training.config import TrainConfig, recipe_config
 from budgetnet.training.muon import Muon, orthogonalize
+from budgetnet.training.objective import Objective
 
 from conftest import REPO
 
@@ -210,11 +211,11 @@ def test_frozen_parameters_sit_the_step_out():
     augment = BatchAugment(config, NORM, 10, 32, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     bias, head = model.stem.conv.bias.detach().clone(), model.head.fc.weight.detach().clone()
-    loss_fn = engine.make_loss(config)
+    objective = Objective(config)
     stem = [model.stem.conv.bias]
     labels = torch.arange(8) % 10
     engine.train_step(
-        model, optimizer, augment, loss_fn, images, labels, torch.device("cpu"), True, stem
+        model, optimizer, augment, objective, images, labels, torch.device("cpu"), True, stem
     )
     assert torch.equal(model.stem.conv.bias, bias)  # no step, no decay
     assert not torch.equal(model.head.fc.weight, head)

@@ -126,10 +126,10 @@ def test_failed_run_is_marked_failed_in_mlflow(cifar, tmp_path, monkeypatch, mlf
     folder, uri = mlflow_store
     monkeypatch.chdir(folder)
 
-    def diverge(config):
-        return lambda logits, target: logits.sum() * float("nan")
+    def diverge(config, teacher=None):
+        return lambda logits, target, inputs: logits.sum() * float("nan")
 
-    monkeypatch.setattr(engine, "make_loss", diverge)
+    monkeypatch.setattr(engine, "Objective", diverge)
     run = tmp_path / "run"
     with pytest.raises(engine.Diverged):
         _fit(_config(cifar, run, mlflow=uri))

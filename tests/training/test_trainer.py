@@ -29,6 +29,7 @@ from budgetnet.models.zoo import model_spec
 from budgetnet.training import engine, optim, schedule
 from budgetnet.training.augment import BatchAugment, DeviceBatches, WorkerBatches, epoch_order
 from budgetnet.training.config import TrainConfig
+from budgetnet.training.objective import Objective
 
 from cifar_files import write_cifar10
 from conftest import REPO
@@ -276,14 +277,15 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
 
 
 def test_label_smoothing_loss_matches_the_smoothed_cross_entropy_by_hand():
-    loss = engine.make_loss(TrainConfig(smoothing=0.1))
-    logits = torch.tensor([[10.0, 0.0, 0.0]])
+    loss = Objective(TrainConfig(smoothing=0.1))
+    logits, inputs = torch.tensor([[10.0, 0.0, 0.0]]), torch.zeros(1, 3, 4, 4)
     log_p = logits.log_softmax(1)
     expected = -(0.9 + 0.1 / 3) * log_p[0, 0] - (0.1 / 3) * (log_p[0, 1] + log_p[0, 2])
-    assert loss(logits, torch.tensor([0])).item() == pytest.approx(expected.item())
-    soft = engine.make_loss(TrainConfig(mixup=0.2))
+    assert loss(logits, torch.tensor([0]), inputs).item() == pytest.approx(expected.item())
+    soft = Objective(TrainConfig(mixup=0.2))
     target = torch.tensor([[0.5, 0.5, 0.0]])
-    assert soft(logits, target).item() == pytest.approx(-(0.5 * log_p[0, :2]).sum().item())
+    expected = -(0.5 * log_p[0, :2]).sum().item()
+    assert soft(logits, target, inputs).item() == pytest.approx(expected)
 
 
 def test_ema_follows_the_weights():
@@ -301,20 +303,19 @@ def test_ema_follows_the_weights():
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar, tmp_path, monkeypatch):
-    real_loss = engine.make_loss
     calls = {"n": 0}
 
-    def poisoned(config):
-        inner = real_loss(config)
+    def poisoned(config, teacher=None):
+        inner = Objective(config, teacher)
 
-        def loss(logits, target):
+        def loss(logits, target, inputs):
             calls["n"] += 1
-            value = inner(logits, target)
+            value = inner(logits, target, inputs)
             return value * float("nan") if calls["n"] > 5 else value  # 5 steps = epoch 1
 
         return loss
 
-    monkeypatch.setattr(engine, "make_loss", poisoned)
+    monkeypatch.setattr(engine, "Objective", poisoned)
     config = tiny_config(cifar, tmp_path, epochs=3, warmup_epochs=0.5)
     with pytest.raises(engine.Diverged, match="the loss became nan in epoch 2; .*kept"):
         engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)

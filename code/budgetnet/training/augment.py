@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
 from budgetnet.data.sources import IMAGE_SIZE
 from budgetnet.errors import UserError
-from budgetnet.training.config import TrainConfig
+from budgetnet.training.config import JSD_SPLITS, TrainConfig
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -124,8 +124,8 @@ def random_crop(
 
 def per_image_augmentations(config: TrainConfig, image_size: int) -> list:
     """The augmentations that work on one PIL image at a time; they follow the crop and flip
-    (as in timm's pipeline): RandomAffine, ColorJitter, RandomGrayscale, RandAugment."""
-    from timm.data.auto_augment import rand_augment_transform
+    (as in timm's pipeline): RandomAffine, ColorJitter, RandomGrayscale, then the `aa` policy
+    (with --jsd-loss the policy makes the extra views instead, `pil_transform`)."""
     from torchvision import transforms
 
     steps = []
@@ -146,11 +146,40 @@ def per_image_augmentations(config: TrainConfig, image_size: int) -> list:
         )
     if config.grayscale_prob:
         steps.append(transforms.RandomGrayscale(config.grayscale_prob))
-    if config.aa:
-        # timm scales translations to the image (45% of its side), as it does for ImageNet;
-        # on 32 px images that is 14 px, not ImageNet's 100.
-        steps.append(rand_augment_transform(config.aa, {"translate_const": int(image_size * 0.45)}))
+    if config.aa and not config.jsd_loss:
+        steps.append(auto_augment(config.aa, image_size))
     return steps
+
+
+def auto_augment(policy: str, image_size: int):
+    """An `aa` policy as a PIL transform: timm's RandAugment ("rand-...") or AugMix
+    ("augmix-..."), torchvision's TrivialAugmentWide or AutoAugment's CIFAR-10 policy."""
+    from timm.data import auto_augment as timm_aa
+    from torchvision import transforms
+
+    if policy == "trivialaugment":
+        return transforms.TrivialAugmentWide()
+    if policy == "autoaugment-cifar10":
+        return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)
+    # timm scales translations to the image (45% of its side), as it does for ImageNet; on
+    # 32 px images that is 14 px, not ImageNet's 100.
+    hparams = {"translate_const": int(image_size * 0.45)}
+    if policy.startswith("augmix"):
+        return timm_aa.augment_and_mix_transform(policy, hparams)
+    return timm_aa.rand_augment_transform(policy, hparams)
+
+
+class JsdViews:
+    """--jsd-loss: the image after `base`, and JSD_SPLITS - 1 more views through the AugMix
+    policy, as uint8 tensors stacked (JSD_SPLITS, 3, H, W) (timm's AugMixDataset, per image)."""
+
+    def __init__(self, base, policy, to_tensor) -> None:
+        self.base, self.policy, self.to_tensor = base, policy, to_tensor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        clean = self.base(image)
+        views = [clean] + [self.policy(clean) for _ in range(JSD_SPLITS - 1)]
+        return torch.stack([self.to_tensor(view) for view in views])
 
 
 def pil_transform(config: TrainConfig, image_size: int):
@@ -168,6 +197,9 @@ def pil_transform(config: TrainConfig, image_size: int):
     if config.hflip and not config.altflip:  # the alternating flip is applied to the batch
         steps.append(transforms.RandomHorizontalFlip(config.hflip))
     steps += per_image_augmentations(config, image_size)
+    if config.jsd_loss:
+        policy = auto_augment(config.aa, image_size)
+        return JsdViews(transforms.Compose(steps), policy, transforms.PILToTensor())
     steps.append(transforms.PILToTensor())
     return transforms.Compose(steps)
 
@@ -203,6 +235,8 @@ class WorkerBatches(_Batches):
             persistent_workers=False,
         )
         for start, (x, y) in zip(range(0, len(order), self.per_process), loader, strict=True):
+            if x.ndim == 5:  # JSD views (B, splits, 3, H, W) -> every clean image first
+                x = x.transpose(0, 1).reshape(-1, *x.shape[2:])
             x = x.to(self.device, non_blocking=True)
             index = torch.tensor(order[start : start + self.per_process])
             yield self.altflip(x, epoch, index), y.to(self.device, non_blocking=True)
@@ -211,8 +245,12 @@ class WorkerBatches(_Batches):
 def uses_device_batches(config: TrainConfig) -> bool:
     """Device-resident batches unless a per-image PIL augmentation needs workers."""
     if config.device_data == "auto":
-        return not per_image_augmentations(config, IMAGE_SIZE)
+        return not _needs_workers(config)
     return config.device_data == "on"
+
+
+def _needs_workers(config: TrainConfig) -> bool:
+    return config.jsd_loss or bool(per_image_augmentations(config, IMAGE_SIZE))
 
 
 def make_batches(
@@ -224,7 +262,7 @@ def make_batches(
     world: int = 1,
 ):
     kind = DeviceBatches if uses_device_batches(config) else WorkerBatches
-    if kind is DeviceBatches and per_image_augmentations(config, IMAGE_SIZE):
+    if kind is DeviceBatches and _needs_workers(config):
         raise UserError(
             "--device-data on cannot apply per-image augmentations (RandAugment, colour "
             "jitter, grayscale, affine): use --device-data auto or off"
@@ -261,6 +299,7 @@ class BatchAugment:
                 config.reprob,
                 mode=config.remode,
                 device=str(device),
+                num_splits=JSD_SPLITS if config.jsd_loss else 0,  # the clean view stays clean
                 **(square if config.cutout else {}),
             )
         self.mix = (

@@ -75,7 +75,10 @@ class TrainConfig:
     # other epoch the whole set is mirrored, so each image is seen both ways in turn (hflip is
     # then unused)
     altflip: bool = False
-    aa: str | None = "rand-m9-n2-mstd0.5"  # timm RandAugment policy (None = off)
+    # per-image automatic augmentation (None = off): timm RandAugment "rand-m9-n2-mstd0.5", timm
+    # AugMix "augmix-m3-w3", torchvision "trivialaugment" (TrivialAugmentWide) or
+    # "autoaugment-cifar10" (AutoAugment's CIFAR-10 policy)
+    aa: str | None = "rand-m9-n2-mstd0.5"
     color_jitter: list[float] | None = None  # torchvision ColorJitter strengths: one value for
     #                            brightness, contrast and saturation (as timm's --color-jitter),
     #                            or 3 values, or 4 (+ hue)
@@ -92,6 +95,14 @@ class TrainConfig:
     mixup_prob: float = 1.0  # probability of applying Mixup/CutMix to a batch
     mixup_switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are on
     smoothing: float = 0.05  # label smoothing of the cross-entropy
+    # AugMix's Jensen-Shannon consistency loss: every image is seen clean and through two
+    # `aa augmix-...` chains (3x the compute per image); timm JsdCrossEntropy
+    jsd_loss: bool = False
+    # knowledge distillation (budgetnet.training.objective): releases or run directories of
+    # models trained by this project (one, or an ensemble of any size) that the student learns
+    teacher: list[str] | None = None
+    kd_alpha: float = 0.5  # weight of the distillation term (1 - kd_alpha: the labels' loss)
+    kd_temperature: float = 4.0  # softmax temperature of teacher and student in that term
     # weights
     ema: bool = False  # keep an exponential moving average of the weights; it is evaluated
     ema_decay: float = 0.9998  # per optimizer step (timm ModelEmaV3, with warmup)
@@ -100,6 +111,12 @@ class TrainConfig:
     lookahead: int = 0
     lookahead_decay: float = 0.95**5  # the slow copy's decay at the last step (ramps up as t^3)
     whiten_bias_epochs: float = 3.0  # a whitening stem's bias trains for this many epochs only
+    # stochastic weight averaging (budgetnet.training.swa): from epoch swa_start x epochs on,
+    # average the weights after every epoch, at lr swa_lr (per lr_base_size images, as lr; None:
+    # keep the schedule's), then recompute BatchNorm statistics and release the average
+    swa: bool = False
+    swa_start: float = 0.75
+    swa_lr: float | None = None
     # speed
     amp: bool = True  # bf16 autocast where the device computes bf16 natively (else float32)
     channels_last: bool = True
@@ -207,6 +224,7 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
     parse_train_splits(config.train_splits)
     _check_fast_track(config)
+    _check_kaggle_techniques(config)
     if (config.mixup or config.cutmix) and config.batch_size % 2:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
     if not 0 < config.onecycle_pct < 1:
@@ -249,6 +267,35 @@ def _check_fast_track(config: TrainConfig) -> None:
         )
     if config.lookahead < 0 or config.threads < 0:
         raise UserError("lookahead (steps) and threads must be non-negative")
+
+
+AA_NAMES = ("trivialaugment", "autoaugment-cifar10")  # torchvision's policies, by name
+AA_PREFIXES = ("rand", "augmix")  # timm's configurable policies: rand-m9-n2, augmix-m3-w3
+JSD_SPLITS = 3  # --jsd-loss: the clean view and two AugMix views of every image
+
+
+def _check_kaggle_techniques(config: TrainConfig) -> None:
+    """Augmentation policies, the JSD loss, distillation and SWA."""
+    aa = config.aa
+    if aa and aa not in AA_NAMES and aa.split("-")[0] not in AA_PREFIXES:
+        raise UserError(
+            f"aa {shorten(repr(aa))}: a timm rand-... or augmix-... policy, or one of "
+            f"{', '.join(AA_NAMES)} (none = off)"
+        )
+    if config.jsd_loss and not (aa or "").startswith("augmix"):
+        raise UserError("jsd_loss compares AugMix views: give an --aa augmix-... policy")
+    if config.jsd_loss and (config.mixup or config.cutmix or config.altflip or config.teacher):
+        raise UserError("jsd_loss does not combine with mixup, cutmix, altflip or a teacher")
+    if config.teacher is not None and (
+        not isinstance(config.teacher, list)
+        or not config.teacher
+        or not all(isinstance(path, str) for path in config.teacher)
+    ):
+        raise UserError(f"teacher must be a list of paths, got {brief(config.teacher)}")
+    if not 0 <= config.kd_alpha <= 1 or not config.kd_temperature > 0:
+        raise UserError("kd_alpha must be in [0, 1] and kd_temperature positive")
+    if not 0 <= config.swa_start < 1 or (config.swa_lr is not None and not config.swa_lr > 0):
+        raise UserError("swa_start must be in [0, 1) (a fraction of the epochs), swa_lr positive")
 
 
 def _check_color_jitter(config: TrainConfig) -> TrainConfig:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from budgetnet import runs
-from budgetnet.data.normalization import Normalization
+from budgetnet.data.normalization import Normalization, normalize
 from budgetnet.data.sources import DataSplits, ImageSet, load_splits
 from budgetnet.errors import UserError, shorten
 from budgetnet.evaluation.figures import confusion_figure, save_figure, write_history_plots
@@ -49,8 +49,10 @@ from budgetnet.training.augment import (
 )
 from budgetnet.training.config import TrainConfig, short_run_warmup
 from budgetnet.training.lookahead import Lookahead
+from budgetnet.training.objective import Objective, Teacher
 from budgetnet.training.optim import make_optimizer
 from budgetnet.training.schedule import make_schedule
+from budgetnet.training.swa import WeightAverage
 from budgetnet.training.tracking import Tracker
 
 CONFUSION_FILE = "confusion_matrix.png"  # of the test split, at the end
@@ -96,16 +98,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Label-smoothed cross-entropy; under Mixup/CutMix the targets are already soft (timm's
-    Mixup smooths them) and the loss is the soft-target cross-entropy."""
-    if config.mixup or config.cutmix:
-        from timm.loss import SoftTargetCrossEntropy
-
-        return SoftTargetCrossEntropy()
-    return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
-
-
 def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0) -> dict:
     """`metrics` of the probabilities of the shared `infer()` on a labeled split."""
     probs = infer(
@@ -133,26 +125,27 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     augment: BatchAugment,
-    loss_fn: Callable,
+    objective: Objective,
     images: torch.Tensor,
     labels: torch.Tensor,
     device: torch.device,
     amp: bool,
     frozen: list[nn.Parameter] | tuple = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a uint8 batch; returns (loss, logits). `frozen` parameters sit this
-    step out: their gradients are dropped before the step (this works under DDP, where turning
-    requires_grad off mid-run does not), so the optimizer skips them, decay included."""
+    """One optimizer step on a uint8 batch; returns (loss, logits of the batch's images; with
+    --jsd-loss those of the clean view). `frozen` parameters sit this step out: their gradients
+    are dropped before the step (this works under DDP, where turning requires_grad off mid-run
+    does not), so the optimizer skips them, decay included."""
     x, target = augment(images, labels)
     with autocast(device, amp):
         logits = model(x)
-    loss = loss_fn(logits.float(), target)  # the loss in float32 whatever autocast chose
+    loss = objective(logits.float(), target, x)  # in float32 whatever autocast chose
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for p in frozen:
         p.grad = None
     optimizer.step()
-    return loss, logits
+    return loss, logits[: len(labels)]
 
 
 def whitened_stem(model: nn.Module, spec: ResNetSpec) -> nn.Conv2d | None:
@@ -196,10 +189,11 @@ class Session:
     optimizer: torch.optim.Optimizer
     batches: object  # budgetnet.training.augment's device or worker batches
     augment: BatchAugment
-    loss_fn: Callable
+    objective: Objective
     set_lr: Callable[[int], float]
     lookahead: Lookahead | None
     stem: nn.Conv2d | None  # a whitening stem, whose bias trains for whiten_bias_epochs only
+    average: WeightAverage | None  # --swa
     init_seconds: float
     runtime: str  # threads, allocator and precision, for the log
     log: Callable[[str], None] = print
@@ -257,9 +251,10 @@ def setup(
         config, spec, splits, device, ddp, model, _wrap(model, config, ddp, device),
         _ema(model, config), optimizer, batches,
         BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device),
-        make_loss(config), make_schedule(config, optimizer, len(batches)),
-        _lookahead(model, config, len(batches)), whitened_stem(model, spec), init_seconds,
-        runtime, log,
+        Objective(config, _teacher(config, splits, device)),
+        make_schedule(config, optimizer, len(batches)), _lookahead(model, config, len(batches)),
+        whitened_stem(model, spec), WeightAverage(model, config) if config.swa else None,
+        init_seconds, runtime, log,
     )  # fmt: skip
 
 
@@ -290,6 +285,12 @@ def _ema(model: nn.Module, config: TrainConfig) -> nn.Module | None:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+
+
+def _teacher(config: TrainConfig, splits: DataSplits, device: torch.device) -> Teacher | None:
+    if config.teacher is None:
+        return None
+    return Teacher(config.teacher, splits.normalization, config.kd_temperature, device, config.amp)
 
 
 def _lookahead(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
@@ -335,6 +336,8 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
             s.ema.module.load_state_dict(state["ema"])
         if s.lookahead is not None:
             s.lookahead.load_state_dict(state["lookahead"])
+        if s.average is not None:
+            s.average.load_state_dict(state["swa"])
         set_rng_state(state["rng"][min(s.ddp.rank, len(state["rng"]) - 1)])
         progress = Progress(
             int(state["epoch"]) + 1,
@@ -372,7 +375,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
         lr = s.set_lr(step)
         frozen = [s.stem.bias] if s.stem is not None and step >= s.stem_steps else []
         loss, logits = train_step(
-            s.trained, s.optimizer, s.augment, s.loss_fn, images, labels, s.device,
+            s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device,
             s.config.amp, frozen,
         )  # fmt: skip
         if s.lookahead is not None:
@@ -421,6 +424,8 @@ def end_epoch(
             best = _save_best(s, reported, run_dir, record)
         runs.write_history(run_dir, progress.history)
     tracker.epoch(reported, best)
+    if s.average is not None:
+        s.average.after_epoch(s.model, row["epoch"])
     _save_state(s, progress, run_dir)
     stop = bool(s.config.patience) and progress.patience_left <= 0
     if stop and s.ddp.main:
@@ -435,15 +440,37 @@ def _save_best(s: Session, reported: dict, run_dir: Path, record: dict) -> dict:
     """The model of the best epoch so far, as a release; returns the metrics it records."""
     best = {"epoch": reported["epoch"] + 1}
     best |= {k: v for k, v in reported.items() if k.startswith("val_")}
+    _save_release(s, s.evaluated, best, run_dir, record)
+    return best
+
+
+def release_average(s: Session, progress: Progress, run_dir: Path, record: dict) -> None:
+    """--swa: the averaged weights, their BatchNorm statistics recomputed over the training
+    images, validated and released in place of the best epoch's model."""
+    if not s.ddp.main:
+        return
+    inputs = (
+        normalize(images, s.splits.normalization, s.spec.input_size, s.config.channels_last)
+        for images, _ in s.batches.epoch(progress.epoch)
+    )
+    model = s.average.finish(inputs, s.device)
+    val = validate(model, s.splits.val, s) if s.splits.val is not None else {}
+    scores = {"epoch": progress.epoch, "swa_epochs": s.average.count}
+    scores |= {f"val_{k}": val[k] for k in ("loss", "acc", "top5") if k in val}
+    _save_release(s, model, scores, run_dir, record)
+    shown = f"val acc {val['acc']:.4f}" if val else "no validation split"
+    s.log(f"SWA: the average of {s.average.count} epochs, BatchNorm recomputed: {shown}")
+
+
+def _save_release(s: Session, model: nn.Module, scores: dict, run_dir: Path, record: dict) -> None:
     provenance = {
         **record["provenance"], "run_dir": str(run_dir), "config": s.config.to_dict(),
         "data": record["data"],
     }  # fmt: skip
     checkpoint.save_release(
-        run_dir / checkpoint.BEST_DIR, s.evaluated, s.splits.train.classes,
-        s.splits.normalization, best, provenance, half=s.config.release_half,
+        run_dir / checkpoint.BEST_DIR, model, s.splits.train.classes,
+        s.splits.normalization, scores, provenance, half=s.config.release_half,
     )  # fmt: skip
-    return best
 
 
 def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
@@ -458,6 +485,7 @@ def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
             "optimizer": s.optimizer.state_dict(),
             "ema": s.ema.module.state_dict() if s.ema is not None else None,
             "lookahead": s.lookahead.state_dict() if s.lookahead is not None else None,
+            "swa": s.average.state_dict() if s.average is not None else None,
             "rng": rng,
             "epoch": progress.epoch - 1,
             "best_acc": progress.best_acc,
@@ -567,6 +595,8 @@ def fit(
             row = train_epoch(s, epoch, tracker)
             if end_epoch(s, progress, row, run_dir, record, tracker):
                 break
+        if s.average is not None:
+            release_average(s, progress, run_dir, record)
         results = {}
         if s.ddp.main:
             results = finish(s, progress, run_dir)

@@ -40,7 +40,7 @@ def lr_range_test(
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
             loss, _ = train_step(
-                s.trained, s.optimizer, s.augment, s.loss_fn, images, labels, s.device, config.amp
+                s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device, config.amp
             )
             value = loss.item()
             average = smoothing * average + (1 - smoothing) * value

@@ -28,6 +28,9 @@ e = lr_end_factor, S = max(T - W, 1)
 constant (the recipes of projects that set no schedule)
     lr = peak
 
+SWA (--swa with --swa-lr; any schedule above), A = swa_start_epoch x steps_per_epoch
+    step >= A       lr = peak * swa_lr / lr                 held constant while weights average
+
 The expressions are evaluated in timm's and torch's order, so the values equal theirs exactly.
 """
 
@@ -84,10 +87,18 @@ def _onecycle_phase(config: TrainConfig, step: int, total: int) -> tuple[bool, f
     return False, (step - rise_end) / (total - 1 - rise_end)
 
 
+def swa_start_epoch(config: TrainConfig) -> int:
+    """The first epoch (0-based) whose weights stochastic weight averaging takes."""
+    return min(round(config.swa_start * config.epochs), config.epochs - 1)
+
+
 def lr_at(
     config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, peak: float
 ) -> float:
     """The learning rate at optimizer step `step` of a group whose peak lr is `peak`."""
+    swa_held = config.swa and config.swa_lr is not None
+    if swa_held and step >= swa_start_epoch(config) * steps_per_epoch:
+        return peak * config.swa_lr / config.lr  # each group keeps its ratio to the base
     if config.sched == "constant":
         return peak
     if config.sched == "linear":

@@ -1,0 +1,107 @@
+"""What a training step minimises: the task loss, and knowledge distillation from a teacher.
+
+    task        label-smoothed cross-entropy; soft-target cross-entropy under Mixup/CutMix (timm's
+                Mixup has already smoothed the targets); with --jsd-loss, timm's Jensen-Shannon
+                consistency loss over the clean and two AugMix views (AugMix, Hendrycks 2020)
+    distilled   (1 - kd_alpha) * task + kd_alpha * T^2 * KL(teacher_T || student_T), where x_T is
+                softmax(logits / T) at T = kd_temperature (Hinton 2015; T^2 keeps the gradient's
+                scale as T changes). An ensemble teacher's probabilities are the mean of its
+                members' tempered probabilities.
+
+The teacher sees the very batch the student sees (augmented, and mixed under Mixup/CutMix, so its
+soft targets mix the same way), in eval mode, without gradients, under bf16 autocast where the
+device computes bf16 natively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from budgetnet.data.normalization import Normalization
+from budgetnet.evaluation.ensemble import load_ensemble
+from budgetnet.runtime import autocast
+from budgetnet.training.config import JSD_SPLITS, TrainConfig
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float):
+    """T^2 * KL(teacher || student), both at temperature T; mean over the batch."""
+    log_student = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = F.kl_div(log_student, teacher_probs, reduction="batchmean")
+    return kl * temperature**2
+
+
+class Teacher:
+    """Trained models (one, or an ensemble of any size) whose tempered probabilities the student
+    learns; inputs arrive normalised for the student and are renormalised for each member."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        student: Normalization,
+        temperature: float,
+        device: torch.device,
+        amp: bool,
+    ) -> None:
+        self.ensemble = load_ensemble(list(paths), device, max_params=0)  # a teacher may be big
+        self.student, self.temperature, self.device, self.amp = student, temperature, device, amp
+        for release in self.ensemble.releases:
+            release.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def probs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, classes) float32: the mean of the members' probabilities at the temperature."""
+        total = 0
+        for release in self.ensemble.releases:
+            x = _renormalise(inputs, self.student, release.normalization)
+            with autocast(self.device, self.amp):
+                logits = release.model(x).float()
+            total = total + F.softmax(logits / self.temperature, dim=-1)
+        return total / len(self.ensemble.releases)
+
+
+def _renormalise(x: torch.Tensor, source: Normalization, target: Normalization) -> torch.Tensor:
+    if source.mean == target.mean and source.std == target.std:
+        return x
+    stats = [
+        torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (*_pair(source), *_pair(target))
+    ]
+    mean_s, std_s, mean_t, std_t = stats
+    return (x * std_s + mean_s - mean_t) / std_t
+
+
+def _pair(normalization: Normalization) -> tuple:
+    return normalization.mean, normalization.std
+
+
+class Objective:
+    """The loss of one batch: `objective(logits, target, inputs)`."""
+
+    def __init__(self, config: TrainConfig, teacher: Teacher | None = None) -> None:
+        self.task = _task_loss(config)
+        self.teacher, self.alpha = teacher, config.kd_alpha
+        self.temperature = config.kd_temperature
+
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
+        loss = self.task(logits, target)
+        if self.teacher is None:
+            return loss
+        soft = kd_loss(logits, self.teacher.probs(inputs), self.temperature)
+        return (1 - self.alpha) * loss + self.alpha * soft
+
+
+def _task_loss(config: TrainConfig) -> nn.Module:
+    if config.jsd_loss:
+        from timm.loss import JsdCrossEntropy
+
+        return JsdCrossEntropy(num_splits=JSD_SPLITS, smoothing=config.smoothing)
+    if config.mixup or config.cutmix:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
