@@ -469,16 +469,20 @@ def test_fuzz_random_bytes_load_as_plain_values_or_are_refused(data):
              min_size=1, max_size=6),
 )  # fmt: skip
 def test_fuzz_mutated_pickles_load_as_plain_values_or_are_refused(valid, edits):
-    data = bytearray(valid)
-    for position, byte, kind in edits:
-        at = position % (len(data) + 1)
-        if kind == "r" and at < len(data):
-            data[at] = byte
+    _load_or_refuse(bytes(_mutated(bytearray(valid), [(p, k, b) for p, b, k in edits])))
+
+
+def _mutated(items: list, edits) -> list:
+    """`items` after each (position, kind, value) edit: r replaces, i inserts, d deletes."""
+    for position, kind, value in edits:
+        at = position % (len(items) + 1)
+        if kind == "r" and at < len(items):
+            items[at] = value
         elif kind == "i":
-            data.insert(at, byte)
-        elif at < len(data):
-            del data[at]
-    _load_or_refuse(bytes(data))
+            items.insert(at, value)
+        elif at < len(items):
+            del items[at]
+    return items
 
 
 def _check_or_refuse(tmp_path, content: bytes) -> None:
@@ -506,15 +510,7 @@ def test_fuzz_random_bytes_pass_the_csv_check_or_are_refused(tmp_path, content):
              min_size=1, max_size=5),
 )  # fmt: skip
 def test_fuzz_mutated_csvs_pass_the_check_or_are_refused(tmp_path, edits):
-    text = list("ID,Labels\n1,4\n2,0\n3,9\n")
-    for position, kind, char in edits:
-        at = position % (len(text) + 1)
-        if kind == "r" and at < len(text):
-            text[at] = char
-        elif kind == "i":
-            text.insert(at, char)
-        elif at < len(text):
-            del text[at]
+    text = _mutated(list("ID,Labels\n1,4\n2,0\n3,9\n"), edits)
     _check_or_refuse(tmp_path, "".join(text).encode("utf-8"))
 
 

@@ -56,6 +56,20 @@ def test_teacher_is_frozen_in_eval_mode_and_averages_tempered_members(teachers):
     torch.testing.assert_close(probs, sum(members) / 2)
 
 
+def test_teacher_gets_inputs_in_its_own_normalisation(teachers):
+    from budgetnet.data.normalization import Normalization
+
+    student = Normalization((0.4, 0.3, 0.2), (0.2, 0.3, 0.4), "student")
+    teacher = Teacher(teachers[:1], student, temperature=1.0, device=CPU, amp=False)
+    x = torch.randn(2, 3, 32, 32)
+    mean_s, std_s, mean_t, std_t = (
+        torch.tensor(v).view(1, 3, 1, 1) for v in (student.mean, student.std, NORM.mean, NORM.std)
+    )
+    own = (x * std_s + mean_s - mean_t) / std_t  # the same pixels, as the teacher was trained
+    expected = torch.softmax(teacher.ensemble.releases[0].model(own).detach(), -1)
+    torch.testing.assert_close(teacher.probs(x), expected)
+
+
 def test_distilled_objective_mixes_labels_and_teacher_by_kd_alpha(teachers):
     config = TrainConfig(teacher=teachers, kd_alpha=0.25, kd_temperature=2.0, smoothing=0.0)
     teacher = Teacher(teachers, NORM, 2.0, CPU, amp=False)

@@ -47,34 +47,35 @@ class Teacher:
         amp: bool,
     ) -> None:
         self.ensemble = load_ensemble(list(paths), device, max_params=0)  # a teacher may be big
-        self.student, self.temperature, self.device, self.amp = student, temperature, device, amp
+        self.temperature, self.device, self.amp = temperature, device, amp
         for release in self.ensemble.releases:
             release.model.eval().requires_grad_(False)
+        # Per member, once: the affine map from the student's normalisation to its own.
+        self.renormalise = [
+            _affine(student, r.normalization, device) for r in self.ensemble.releases
+        ]
 
     @torch.no_grad()
     def probs(self, inputs: torch.Tensor) -> torch.Tensor:
         """(N, classes) float32: the mean of the members' probabilities at the temperature."""
         total = 0
-        for release in self.ensemble.releases:
-            x = _renormalise(inputs, self.student, release.normalization)
+        for release, (scale, shift) in zip(self.ensemble.releases, self.renormalise, strict=True):
+            x = inputs if scale is None else inputs * scale + shift
             with autocast(self.device, self.amp):
                 logits = release.model(x).float()
             total = total + F.softmax(logits / self.temperature, dim=-1)
         return total / len(self.ensemble.releases)
 
 
-def _renormalise(x: torch.Tensor, source: Normalization, target: Normalization) -> torch.Tensor:
+def _affine(source: Normalization, target: Normalization, device: torch.device) -> tuple:
+    """(scale, shift) with x_target = x_source * scale + shift; (None, None) when they agree."""
     if source.mean == target.mean and source.std == target.std:
-        return x
-    stats = [
-        torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (*_pair(source), *_pair(target))
-    ]
-    mean_s, std_s, mean_t, std_t = stats
-    return (x * std_s + mean_s - mean_t) / std_t
-
-
-def _pair(normalization: Normalization) -> tuple:
-    return normalization.mean, normalization.std
+        return None, None
+    mean_s, std_s, mean_t, std_t = (
+        torch.tensor(v, device=device).view(1, 3, 1, 1)
+        for v in (source.mean, source.std, target.mean, target.std)
+    )
+    return std_s / std_t, (mean_s - mean_t) / std_t
 
 
 class Objective:
