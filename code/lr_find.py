@@ -14,7 +14,7 @@ from pathlib import Path
 
 from budgetnet.cli import add_training_arguments, resolve_training
 from budgetnet.data.sources import load_splits
-from budgetnet.errors import ArgumentParser, run_cli
+from budgetnet.errors import ArgumentParser, positive_int, run_cli
 from budgetnet.evaluation.figures import lr_range_figure, save_figure
 from budgetnet.files import atomic_write
 from budgetnet.training.lr_range import lr_range_test
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--start-lr", type=float, default=1e-6)
     parser.add_argument("--end-lr", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=positive_int, default=200)
     add_training_arguments(parser)
     args = parser.parse_args(argv)
     config, spec = resolve_training(args)

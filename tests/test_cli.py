@@ -105,3 +105,35 @@ def test_inference_validates_the_pickle_before_anything(tmp_path, run_main):
     assert not (tmp_path / "s.csv").exists()
     missing = run_main("inference.py")
     assert missing.returncode == 2 and "--pkl" in missing.stderr
+
+
+def test_flag_refusals_come_before_any_work(tmp_path, run_main):
+    # Each of these would otherwise read data or a run first, or crash inside numpy.
+    write_cifar10(tmp_path / "cifar", per_batch=2, test_count=12)
+    same = tmp_path / "same"
+    result = run_main(
+        "code/make_kaggle_pickle.py",
+        "--data",
+        str(tmp_path / "cifar"),
+        "--out",
+        str(same),
+        "--key",
+        str(same),
+    )
+    assert_one_line_error(result, "name the same file")
+    assert not same.exists()
+
+    result = run_main("code/publish.py", str(tmp_path / "run"), "--corruption-images", "5")
+    assert_one_line_error(result, "at least 10")
+
+    lr_find = [
+        "code/lr_find.py",
+        "--data",
+        str(tmp_path / "cifar"),
+        "--out",
+        str(tmp_path / "l.png"),
+    ]
+    assert_one_line_error(run_main(*lr_find, "--steps", "0"), "--steps")
+    assert_one_line_error(run_main(*lr_find, "--start-lr", "0"), "0 < start lr < end lr")
+    assert_one_line_error(run_main(*lr_find, "--start-lr", "1", "--end-lr", "0.1"), "end lr")
+    assert not (tmp_path / "l.png").exists()

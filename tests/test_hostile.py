@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import gzip
 import io
-import json
 import os
 import pickle
 import struct
@@ -27,15 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from budgetnet import files
-from budgetnet.data.kaggle import read_unlabeled_pickle, write_unlabeled_pickle
+from budgetnet.data.kaggle import write_unlabeled_pickle
 from budgetnet.data.safe_pickle import safe_loads
 from budgetnet.data.sources import decode_images, load_split, load_splits
 from budgetnet.errors import ArgumentParser, UserError, brief
 from budgetnet.evaluation.ensemble import Ensemble
 from budgetnet.files import atomic_write
 from budgetnet.models.builder import build
-from budgetnet.models.checkpoint import META_FILE, WEIGHTS_FILE, load_release, save_release
-from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.checkpoint import load_release, save_release
 from budgetnet.submission.csv_file import check_submission, read_submission, write_submission
 from budgetnet.training import engine
 from budgetnet.training.config import TrainConfig, merge, short_run_warmup
@@ -43,19 +41,18 @@ from budgetnet.training.lr_range import lr_range_test
 
 from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
-from tiny import NORM, TRAIN_FLAGS, save_random_release, tiny_config
+from tiny import NORM, TINY_SPEC, TRAIN_FLAGS, edited_release, save_random_release, tiny_config
 
 FUZZ = settings(
     max_examples=int(os.environ.get("BUDGETNET_FUZZ_EXAMPLES", 300)),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-SMALL = ResNetSpec((1, 1), (8, 16))
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1, spec=SMALL)
+    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1)
 
 
 @pytest.fixture
@@ -195,16 +192,6 @@ def test_deeply_nested_ids_are_refused_without_recursion():
     refused(lambda: safe_loads(nested), "nested more than")
 
 
-def edited_release(release, folder, edit):
-    """A copy of `release` whose model.json went through `edit(meta)`."""
-    folder.mkdir()
-    (folder / WEIGHTS_FILE).write_bytes((release / WEIGHTS_FILE).read_bytes())
-    meta = json.loads((release / META_FILE).read_text())
-    edit(meta)
-    (folder / META_FILE).write_text(json.dumps(meta))
-    return folder
-
-
 def test_release_spec_asking_for_huge_layers_is_refused_before_allocating(tmp_path, release):
     folder = edited_release(
         release, tmp_path / "huge", lambda meta: meta["spec"].update(channels=[10**9, 10**9])
@@ -217,7 +204,7 @@ def test_release_spec_asking_for_huge_layers_is_refused_before_allocating(tmp_pa
 
 
 def test_nan_weights_are_refused(tmp_path):
-    model = build(SMALL)
+    model = build(TINY_SPEC)
     with torch.no_grad():
         model.head.fc.weight[0, 0] = float("nan")
     folder = save_release(tmp_path / "nan", model, CIFAR10_CLASSES, NORM, {}, {})
@@ -367,7 +354,7 @@ def test_broken_resume_state_and_config_are_one_line(cifar, tmp_path):
     from train import main as train_main
 
     config = tiny_config(cifar, tmp_path, epochs=1, warmup_epochs=0.5, patience=3)
-    engine.fit(config, SMALL, log=lambda line: None)
+    engine.fit(config, TINY_SPEC, log=lambda line: None)
     run = tmp_path / "run"
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["patience_left"] == 3  # saved, so a resumed run stops where it would have
@@ -398,14 +385,16 @@ def test_a_short_run_shortens_its_warmup_and_says_so(cifar, tmp_path):
         None,
     )
     lines = []
-    engine.fit(tiny_config(cifar, tmp_path, epochs=1, warmup_epochs=5.0), SMALL, log=lines.append)
+    engine.fit(
+        tiny_config(cifar, tmp_path, epochs=1, warmup_epochs=5.0), TINY_SPEC, log=lines.append
+    )
     assert any(line.startswith("note: warmup_epochs 5") for line in lines)
 
 
 def test_lr_range_test_without_a_full_batch_is_refused(cifar):
     splits = load_splits(cifar, val_size=0)
     config = TrainConfig(batch_size=4096, aa=None, reprob=0.0, device="cpu")
-    refused(lambda: lr_range_test(config, SMALL, splits, steps=5), "make no batch")
+    refused(lambda: lr_range_test(config, TINY_SPEC, splits, steps=5), "make no batch")
 
 
 def test_load_split_reads_the_tiny_cifar_through_the_capped_readers(cifar):
@@ -524,4 +513,3 @@ def test_read_submission_still_reads_what_we_write(tmp_path):
     path = write_submission(tmp_path / "s.csv", np.array([7, 3]), np.array([1, 9]))
     ids, labels = read_submission(path)
     assert ids.tolist() == [7, 3] and labels.tolist() == [1, 9]
-    assert read_unlabeled_pickle  # the loader the CLI uses is the capped one

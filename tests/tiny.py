@@ -3,11 +3,13 @@ imports what it needs: `from tiny import ...`, as from `cifar_files`)."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from budgetnet.data.normalization import Normalization
 from budgetnet.models.builder import build
-from budgetnet.models.checkpoint import save_release
+from budgetnet.models.checkpoint import META_FILE, WEIGHTS_FILE, save_release
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.training.config import TrainConfig
 
@@ -65,3 +67,13 @@ def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, p
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
     return save_release(folder, model, classes, NORM, {}, provenance or {})
+
+
+def edited_release(release, folder, edit):
+    """A copy of `release` whose model.json went through `edit(meta)`."""
+    folder.mkdir()
+    (folder / WEIGHTS_FILE).write_bytes((release / WEIGHTS_FILE).read_bytes())
+    meta = json.loads((release / META_FILE).read_text())
+    edit(meta)
+    (folder / META_FILE).write_text(json.dumps(meta))
+    return folder

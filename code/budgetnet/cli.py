@@ -151,7 +151,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model and training flags (train.py, lr_find.py, search.py)."""
+    """Model and training flags (train.py, lr_find.py)."""
     add_model_arguments(parser)
     add_config_arguments(parser)
 

@@ -3,7 +3,6 @@ upload through a fake `kaggle` tool."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -28,7 +27,7 @@ from budgetnet.submission.csv_file import (
 from budgetnet.submission.upload import submit
 
 from cifar_files import CIFAR10_CLASSES, random_images, write_cifar10
-from tiny import NORM, TRAIN_FLAGS, save_random_release
+from tiny import NORM, TRAIN_FLAGS, edited_release, save_random_release
 
 WIDER = ResNetSpec((1, 1), (16, 32))
 
@@ -156,18 +155,16 @@ def _foreign_checkpoint(tmp_path, releases):
 
 def _wrong_spec(tmp_path, releases):
     folder = save_random_release(tmp_path / "spec", seed=1, spec=WIDER)
-    meta = json.loads((folder / "model.json").read_text())
-    meta["spec"]["channels"] = [16, 48]
-    (folder / "model.json").write_text(json.dumps(meta))
-    return [folder]
+    return [
+        edited_release(folder, tmp_path / "spec2", lambda m: m["spec"].update(channels=[16, 48]))
+    ]
 
 
 def _class_count(tmp_path, releases):
     folder = save_random_release(tmp_path / "count", seed=1, spec=WIDER)
-    meta = json.loads((folder / "model.json").read_text())
-    meta["classes"] = meta["classes"][:9]
-    (folder / "model.json").write_text(json.dumps(meta))
-    return [folder]
+    return [
+        edited_release(folder, tmp_path / "count2", lambda m: m.update(classes=m["classes"][:9]))
+    ]
 
 
 def _other_classes(tmp_path, releases):

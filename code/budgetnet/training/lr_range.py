@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from budgetnet.data.sources import DataSplits
+from budgetnet.errors import UserError
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.training.config import TrainConfig
 from budgetnet.training.engine import setup, train_step
@@ -30,6 +31,11 @@ def lr_range_test(
 ) -> dict:
     """Losses (raw and exponentially smoothed) per learning rate; stops early once the
     smoothed loss exceeds `blowup` times its minimum. Returns the curve and a suggestion."""
+    if not 0 < start_lr < end_lr or steps < 1:
+        raise UserError(
+            f"the range test needs 0 < start lr < end lr and at least one step "
+            f"(got {start_lr:g} to {end_lr:g} over {steps} steps)"
+        )
     s = setup(config, spec, splits, log=lambda line: None)  # the model training would get
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs, losses, smoothed = [], [], []
