@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "code"))
 from budgetnet.data.sources import load_split  # noqa: E402
 from budgetnet.models.complexity import count_flops, count_params  # noqa: E402
 from budgetnet.models.spec import ResNetSpec  # noqa: E402
+from budgetnet.runs import read_config, read_json  # noqa: E402
 from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
 from budgetnet.tables import markdown_table  # noqa: E402
 
@@ -89,10 +90,8 @@ def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
          "--seed", str(seed), "--tta", str(TTA), "--run-dir", str(run_dir)],
         log,
     )  # fmt: skip
-    results = json.loads((run_dir / "results.json").read_text())
-    import yaml
-
-    spec = ResNetSpec.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())["model"])
+    results = read_json(run_dir / "results.json")
+    spec = ResNetSpec.from_dict(read_config(run_dir)["model"])
     return {
         "system": f"budgetnet {preset}",
         "seed": seed,

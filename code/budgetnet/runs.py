@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from budgetnet.errors import UserError, brief, shorten
-from budgetnet.files import atomic_write, read_yaml
+from budgetnet.files import MAX_YAML_BYTES, atomic_write, read_regular_file, read_yaml
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -38,6 +40,8 @@ HISTORY_COLUMNS = (
     "images_per_s",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# A row per epoch is under 200 bytes: far more epochs than any schedule runs.
+MAX_HISTORY_BYTES = 64 << 20
 
 
 def _git(*args: str) -> str:
@@ -108,16 +112,32 @@ def read_history(run_dir: Path) -> list[dict]:
     path = run_dir / "history.csv"
     if not path.exists():
         return []
+    raw = read_regular_file(path, MAX_HISTORY_BYTES, "history.csv")
     try:
-        with path.open(newline="") as handle:
-            return [
-                {k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
-                for row in csv.DictReader(handle)
-            ]
+        rows = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
+        return [
+            {k: (int(v) if k == "epoch" else float(v) if v else None) for k, v in row.items()}
+            for row in rows
+        ]
     except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: unreadable history ({shorten(str(exc))})") from None
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict | list) -> None:
     with atomic_write(path) as handle:
         json.dump(payload, handle, indent=2)
+
+
+def read_json(path: Path, expected: type = dict) -> Any:
+    """A JSON file written by write_json (results.json, runs.json, a release's metadata),
+    size-capped, whose top level must be `expected` (an object unless told)."""
+    path = Path(path)
+    raw = read_regular_file(path, MAX_YAML_BYTES, f"{path.name} file")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{path}: not valid JSON ({shorten(' '.join(str(exc).split()))})") from None
+    if not isinstance(payload, expected):
+        kind = "an object" if expected is dict else f"a {expected.__name__}"
+        raise UserError(f"{path}: holds {brief(payload)}, expected {kind}")
+    return payload

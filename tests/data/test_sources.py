@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import time
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,6 +190,30 @@ def test_bad_paths_give_clear_errors(tmp_path):
         load_split(tmp_path / "trainonly", "validation", cache_dir=None)
 
 
+def _archive_with(path, member: tarfile.TarInfo, payload: bytes = b"") -> Path:
+    """A gzipped tar whose one member is `member` (inside cifar-10-batches-py/)."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(payload) if payload else None)
+    return path
+
+
+def test_archive_member_that_is_a_link_is_refused(tmp_path):
+    link = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    archive = _archive_with(tmp_path / "cifar-10-python.tar.gz", link)
+    with pytest.raises(UserError, match="data_batch_1' is not a regular file"):
+        data._archive_members(archive)
+
+
+def test_archive_member_over_the_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_MEMBER_BYTES", 100)
+    member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    member.size = 101
+    archive = _archive_with(tmp_path / "cifar-10-python.tar.gz", member, b"x" * 101)
+    with pytest.raises(UserError, match="has 101 bytes, more than the 100"):
+        data._archive_members(archive)
+
+
 def test_hostile_batch_is_refused(tmp_path):
     write_cifar10(tmp_path, per_batch=2, test_count=2)
 
@@ -310,6 +337,8 @@ def test_load_splits_image_folder_without_test(tmp_path):
     write_image_folder(tmp_path, {"a": 6, "b": 6})
     splits = load_splits(tmp_path, val_size=4, cache_dir=tmp_path / "cache")
     assert splits.test is None and len(splits.val) == 4
+    with pytest.raises(UserError, match="no test split to train on"):
+        load_splits(tmp_path, val_size=4, train_splits="train+test", cache_dir=None)
 
 
 def test_load_splits_refuses_mismatched_classes(tmp_path):

@@ -107,3 +107,14 @@ def test_score_counts_right_labels_in_any_row_order_and_refuses_other_ids(tmp_pa
     wrong_ids = write_submission(tmp_path / "w.csv", IDS + 1, LABELS)
     with pytest.raises(UserError, match="missing"):
         score_submission(wrong_ids, key)
+
+
+def test_key_with_a_repeated_id_cannot_score_a_wrong_submission(tmp_path):
+    key = write_submission(tmp_path / "key.csv", np.array([1, 1, 2]), np.array([0, 0, 1]))
+    # Id 2 is wrong and id 3 is not in the key, yet sorting aligned these to score 100%.
+    sub = write_submission(tmp_path / "s.csv", np.array([1, 2, 3]), np.array([0, 0, 1]))
+    with pytest.raises(UserError, match="answer key has duplicate ids, e.g. 1"):
+        score_submission(sub, key)
+    # The checker refuses ids outside a test set even when none are missing.
+    with pytest.raises(UserError, match="1 ids are not in the test set \\(e.g. 3\\)"):
+        check_submission(sub, np.array([1, 1, 2]))

@@ -97,6 +97,34 @@ def test_publish_refuses_an_unfinished_run(tmp_path, run_main):
     assert "not a finished run" in result.stderr and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ('{"epochs_run": 2, "train_sec', "results.json: not valid JSON"),
+        ("[1, 2]", "results.json: holds list [1, 2], expected an object"),
+        ('{"epochs_run": 2}', "results.json has no number for train_seconds"),
+    ],
+)
+def test_publish_refuses_bad_run_files_before_evaluating(
+    tmp_path, run_main, monkeypatch, results, message
+):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.yaml").write_text("config: {val_size: 0, seed: 0}\nmodel: {}\n")
+    (run / "history.csv").write_text("epoch\n")
+    (run / "best" / "model.json").write_text("{}")
+    (run / "results.json").write_text(results)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a bad run reached the evaluation")
+
+    monkeypatch.setattr("budgetnet.submission.publish.evaluate_release", never)
+    monkeypatch.setattr("budgetnet.models.checkpoint.load_release", never)
+    result = run_main("code/publish.py", str(run), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and not (tmp_path / "o").exists()
+
+
 def test_shipped_release_is_fp16_within_budget_and_used_by_default(tmp_path, run_main):
     release = load_release(SHIPPED)
     assert release.meta["weights_dtype"] == "float16"

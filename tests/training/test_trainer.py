@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from budgetnet import runs
 from budgetnet.data.sources import DataSplits, load_splits
 from budgetnet.errors import ArgumentParser, UserError
 from budgetnet.evaluation.infer import infer
@@ -331,6 +332,23 @@ def test_early_stopping_ends_the_run_when_val_accuracy_stops_improving(cifar, tm
     assert results["epochs_run"] == 2
 
 
+def test_fit_joins_the_process_group_once_and_hands_it_to_setup(cifar, tmp_path, monkeypatch):
+    joined = []
+    init_distributed = engine.distributed.init_distributed
+
+    def counting(device_name):
+        joined.append(init_distributed(device_name))
+        return joined[-1]
+
+    monkeypatch.setattr(engine.distributed, "init_distributed", counting)
+    config = tiny_config(cifar, tmp_path, epochs=1, tta=0)
+    engine.fit(config, ResNetSpec((1,), (8,)), log=lambda line: None)
+    assert len(joined) == 1
+    splits = load_splits(cifar, val_size=40, cache_dir=False)
+    session = engine.setup(config, ResNetSpec((1,), (8,)), splits, log=lambda line: None)
+    assert len(joined) == 2 and session.ddp == joined[-1]  # on its own, setup joins it
+
+
 def test_config_file_names_a_model_and_unknown_keys_are_refused(cifar, tmp_path, run_main):
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -439,6 +457,20 @@ def test_resume_state_loads_only_tensors(tmp_path):
     with pytest.raises(UserError, match="unreadable resume state"):
         checkpoint.load_state(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_unreadable_history_is_a_user_error(tmp_path):
+    """A resumed run reads history.csv: garbage or a non-file there is one clear line."""
+    runs.write_history(tmp_path, [dict.fromkeys(runs.HISTORY_COLUMNS, 1)])
+    assert runs.read_history(tmp_path)[0]["epoch"] == 1
+    for garbage in (b"epoch,train_loss\nnot-a-number,1\n", b"epoch\n\xff\xfe\n"):
+        (tmp_path / "history.csv").write_bytes(garbage)
+        with pytest.raises(UserError, match="history.csv: unreadable history"):
+            runs.read_history(tmp_path)
+    (tmp_path / "history.csv").unlink()
+    (tmp_path / "history.csv").mkdir()
+    with pytest.raises(UserError, match="is a directory, expected a history.csv"):
+        runs.read_history(tmp_path)
 
 
 def test_search_ranks_top_candidates_by_short_training(cifar, tmp_path, run_main):

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from budgetnet.errors import UserError, brief
+from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import read_regular_file
 
 MAX_FILE_BYTES = 1 << 30  # the largest pickle read from disk (CIFAR-100's train file is 155 MB)
@@ -127,9 +127,7 @@ class _Array:
     def resolve(self, dtype: np.dtype) -> np.ndarray:
         if self.parts is None:
             raise _Refused("an array without its data")
-        shape, _, order, raw = self.parts
-        if order not in ("C", "F"):
-            raise _Refused(f"array order {brief(order)}")
+        shape, _, order, raw = self.parts  # order is "C" or "F": both setters ensure it
         if isinstance(raw, str):  # Python 3 pickles under protocols 0-2 before _codecs.encode
             raise _Refused("array data given as text")
         if not isinstance(raw, bytes | bytearray):
@@ -232,10 +230,9 @@ class _DataUnpickler(pickle._Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            where = f"{module}.{name}"
-            where = where if len(where) <= 80 else where[:77] + "..."
             raise _Refused(
-                f"it refers to {where}, and only numpy arrays and plain containers may be loaded"
+                f"it refers to {shorten(f'{module}.{name}')}, and only numpy arrays and plain "
+                "containers may be loaded"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
@@ -314,10 +311,10 @@ def _rebuild(container: Any, parts: list) -> Any:
             if not isinstance(key, _ATOMS) or isinstance(key, bytearray):
                 raise _Refused(f"a dict key that is {brief(key)}")
         return dict(zip(keys, parts[1::2], strict=True))
-    if isinstance(container, set | frozenset):
-        if any(not isinstance(p, _ATOMS) or isinstance(p, bytearray) for p in parts):
-            raise _Refused("a set of unhashable values")
-        return type(container)(parts)
+    if isinstance(container, set | frozenset) and any(
+        not isinstance(p, _ATOMS) or isinstance(p, bytearray) for p in parts
+    ):
+        raise _Refused("a set of unhashable values")
     return type(container)(parts)
 
 

@@ -33,6 +33,7 @@ from budgetnet.data.normalization import Normalization
 from budgetnet.data.safe_pickle import MAX_FILE_BYTES, pickle_field, safe_loads
 from budgetnet.errors import UserError, shorten
 from budgetnet.files import atomic_write, read_regular_file
+from budgetnet.runtime import cpu_count
 
 IMAGE_SIZE = 32
 MAX_IMAGE_PIXELS = 4096 * 4096  # an image larger than this is refused before it is decoded
@@ -291,7 +292,7 @@ def decode_images(paths: list[str]) -> np.ndarray:
 
 
 def _decode_parallel(paths: list[str], workers: int | None = None) -> np.ndarray:
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_count()  # the cores this process may use, not the machine's
     if workers == 1 or len(paths) < 2000:  # a process pool costs more than it saves here
         return decode_images(paths)
     chunk = -(-len(paths) // (workers * 4))
@@ -527,6 +528,20 @@ def split_train_val(
     return np.setdiff1d(everything, val), np.sort(val)
 
 
+def hold_out(
+    full: ImageSet, val_size: int | float, seed: int
+) -> tuple[np.ndarray, np.ndarray, ImageSet | None]:
+    """(train indices, validation indices, validation split or None) of `full`: the draw of
+    `load_splits`, shared with evaluation, which rebuilds a run's validation split alone."""
+    train_idx, val_idx = split_train_val(full.labels, val_size, seed)
+    val = (
+        full.subset(val_idx, f"validation split of {len(val_idx)} (seed {seed})")
+        if len(val_idx)
+        else None
+    )
+    return train_idx, val_idx, val
+
+
 @dataclass
 class DataSplits:
     """What a training run reads: train, held-out validation, test, and train's statistics."""
@@ -568,12 +583,7 @@ def load_splits(
     splits = parse_train_splits(train_splits)
     found = resolve_source(source, download=download)
     full = load_split(found.path, "train", max_per_class=max_per_class, cache_dir=cache_dir)
-    train_idx, val_idx = split_train_val(full.labels, val_size, seed)
-    val = (
-        full.subset(val_idx, f"validation split of {len(val_idx)} (seed {seed})")
-        if len(val_idx)
-        else None
-    )
+    train_idx, val_idx, val = hold_out(full, val_size, seed)
     train = (
         full.subset(train_idx, f"{len(val_idx)} held out for validation (seed {seed})")
         if len(val_idx)
@@ -595,7 +605,7 @@ def load_splits(
             "val_size": len(val_idx),
             "max_per_class": max_per_class,
             "seed": seed,
-            "train_splits": "+".join(splits),
+            "train_splits": train_splits,  # checked by parse_train_splits above
         },
     )
 

@@ -103,12 +103,17 @@ def check_submission(
     if len(unique) != len(ids):
         raise UserError(f"{path}: duplicate ids, e.g. {_examples(unique[counts > 1])}")
     missing = np.setdiff1d(expected_ids, ids)
+    # Extra ids alone are possible only when expected_ids repeats one; refused all the same.
+    extra = np.setdiff1d(ids, expected_ids)
     if len(missing):
-        extra = np.setdiff1d(ids, expected_ids)
         raise UserError(
             f"{path}: {len(missing)} ids of the test set are missing (e.g. "
             f"{_examples(missing)}) and {len(extra)} are not in it (e.g. "
             f"{_examples(extra)})"
+        )
+    if len(extra):
+        raise UserError(
+            f"{path}: {len(extra)} ids are not in the test set (e.g. {_examples(extra)})"
         )
     if num_classes is not None:
         bad = labels[(labels < 0) | (labels >= num_classes)]
@@ -123,6 +128,11 @@ def check_submission(
 def score_submission(path: str | Path, key_path: str | Path) -> tuple[float, int, int]:
     """Accuracy of a submission against an answer key: (accuracy, correct, total)."""
     key_ids, key_labels = read_submission(key_path)
+    unique, counts = np.unique(key_ids, return_counts=True)
+    if len(unique) != len(key_ids):  # the alignment below needs each id once
+        raise UserError(
+            f"{key_path}: answer key has duplicate ids, e.g. {_examples(unique[counts > 1])}"
+        )
     submitted = check_submission(path, key_ids, num_classes=None)  # a wrong label just misses
     # Both hold the same ids once each: sorting by id aligns them.
     predicted = submitted.labels[np.argsort(submitted.ids)]

@@ -17,7 +17,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from budgetnet import runs
 from budgetnet.errors import UserError
@@ -49,7 +51,18 @@ def _replace_folder(staged: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_run(run_dir: Path) -> None:
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run directory with its config.yaml and results.json, read and checked."""
+
+    path: Path
+    config: dict
+    results: dict
+    spec: ResNetSpec
+
+
+def check_run(run_dir: Path) -> FinishedRun:
+    """Everything publishing reads from the run, checked before the slow evaluation."""
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if not (run_dir / checkpoint.BEST_DIR / checkpoint.META_FILE).is_file():
         missing.append(f"{checkpoint.BEST_DIR}/{checkpoint.META_FILE}")
@@ -58,16 +71,30 @@ def check_run(run_dir: Path) -> None:
             f"{run_dir}: not a finished run (missing {', '.join(missing)}); publish a run "
             "directory that `python code/train.py` completed"
         )
+    config = runs.read_config(run_dir)
+    results = runs.read_json(run_dir / "results.json")
+    wanted = {"results.json": (results, ("epochs_run", "train_seconds"))}
+    wanted["config.yaml config"] = (config["config"], ("val_size", "seed"))
+    for where, (values, keys) in wanted.items():
+        bad = [k for k in keys if not _is_number(values.get(k))]
+        if bad:
+            raise UserError(f"{run_dir}: {where} has no number for {', '.join(bad)}")
+    return FinishedRun(run_dir, config, results, ResNetSpec.from_dict(config["model"]))
 
 
-def publish_release(run_dir: Path, out: Path) -> Path:
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but True is no count of epochs
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def publish_release(run: FinishedRun, out: Path) -> Path:
     """Copy the run's release (its best model) to `out` with the test metrics and a record of
     the publishing; the folder is staged beside `out` and renamed into place."""
-    check_run(run_dir)
+    run_dir = run.path
     release = checkpoint.load_release(run_dir)  # refuses a release that does not load
-    results = json.loads((run_dir / "results.json").read_text())
     meta = dict(release.meta)
-    meta["metrics"] = {**meta["metrics"], **{k: v for k, v in results.items() if k != "run_dir"}}
+    metrics = {k: v for k, v in run.results.items() if k != "run_dir"}
+    meta["metrics"] = {**meta["metrics"], **metrics}
     meta["provenance"] = {
         **meta["provenance"],
         "published": {
@@ -112,15 +139,13 @@ def evaluate_release(
     return result.report
 
 
-def run_row(run_dir: Path, report: dict) -> dict:
+def run_row(run: FinishedRun, report: dict) -> dict:
     """One row of the results table, from the run's own files and its evaluation report."""
-    config = runs.read_config(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    spec = ResNetSpec.from_dict(config["model"])
-    provenance = config.get("provenance", {})
+    config, results, spec = run.config, run.results, run.spec
+    provenance = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
     sweep = report["corruptions"]
     return {
-        "run": run_dir.name,
+        "run": run.path.name,
         "model": f"{spec.block} {list(spec.blocks)} {list(spec.channels)} stem {spec.stem}",
         "parameters": count_params(spec),
         "flops": count_flops(spec).flops,
@@ -196,13 +221,32 @@ def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def record_row(results_dir: Path, row: dict) -> list[dict]:
-    """Add (or replace) a run's row in results_dir/runs.json; returns every row."""
+def read_rows(results_dir: Path) -> list[dict]:
+    """The rows already in results_dir/runs.json (none if there is no such file yet)."""
     path = results_dir / ROWS_FILE
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    rows = [r for r in rows if r["run"] != row["run"]] + [row]
-    runs.write_json(path, rows)
+    if not path.exists():
+        return []
+    rows = runs.read_json(path, list)
+    if not all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in rows):
+        raise UserError(f"{path}: expected a list of rows, each with its run's name")
     return rows
+
+
+def record_row(results_dir: Path, rows: list[dict], row: dict) -> list[dict]:
+    """Add (or replace) a run's row among `rows` and write them to results_dir/runs.json."""
+    rows = [r for r in rows if r["run"] != row["run"]] + [row]
+    runs.write_json(results_dir / ROWS_FILE, rows)
+    return rows
+
+
+def _release_name(out: Path) -> str | None:
+    """The run the release in `out` was published from (None: no release there)."""
+    path = out / checkpoint.META_FILE
+    if not path.exists():
+        return None
+    provenance = runs.read_json(path).get("provenance")
+    published = provenance.get("published") if isinstance(provenance, dict) else None
+    return published.get("from_run") if isinstance(published, dict) else None
 
 
 def publish(
@@ -216,26 +260,25 @@ def publish(
     row_only: bool = False,
     argv: list[str] | None = None,
 ) -> list[dict]:
-    check_run(run_dir)
+    run = check_run(run_dir)
     results_dir = results_md.with_suffix("")  # docs/results.md -> docs/results/
+    rows = read_rows(results_dir)  # read before the evaluation, so a broken file fails fast
     if row_only:
+        release = _release_name(out)
         report_dir = results_dir / run_dir.name
         report = evaluate_release(
             run_dir / checkpoint.BEST_DIR, data, report_dir, report_dir, corruption_images
         )
     else:
-        publish_release(run_dir, out)
+        publish_release(run, out)
+        release = run_dir.name  # what publish_release recorded as from_run
         report = evaluate_release(out, data, results_dir, plots_dir, corruption_images)
         for name in RUN_FILES:
             shutil.copyfile(run_dir / name, results_dir / name)
         for name in CURVES:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, plots_dir / name)
-    rows = record_row(results_dir, run_row(run_dir, report))
-    release = None
-    if (out / checkpoint.META_FILE).is_file():
-        meta = json.loads((out / checkpoint.META_FILE).read_text())
-        release = meta["provenance"].get("published", {}).get("from_run")
+    rows = record_row(results_dir, rows, run_row(run, report))
     with atomic_write(results_md) as handle:
         handle.write(results_markdown(rows, release, argv or sys.argv))
     return rows
