@@ -21,15 +21,18 @@ from pathlib import Path
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.models.search import (
+    COLUMNS,
     Grid,
     format_markdown,
     load_grid,
     rank_by_training,
+    row,
     search,
     write_csv,
     write_markdown,
     write_rows,
 )
+from budgetnet.models.spec import BLOCK_TYPES, SHORTCUTS, STEMS
 from budgetnet.tables import markdown_table
 from budgetnet.training import config as train_config
 
@@ -63,26 +66,20 @@ def train_ranking(candidates, args, out: Path) -> str:
         return fit(run, spec, splits=splits)["val_acc"]
 
     ranked = rank_by_training(candidates, validation_accuracy, args.train_top)
-    rows = [
-        (
-            i,
-            " ".join(map(str, c.spec.blocks)),
-            " ".join(map(str, c.spec.channels)),
-            c.spec.kernel,
-            c.spec.pool,
-            c.params,
-            c.flops,
-            f"{accuracy:.4f}",
-        )
-        for i, (c, accuracy) in enumerate(ranked, 1)
-    ]
-    header = ("rank", "blocks", "channels", "kernel", "pool", "params", "flops", "val_acc")
+    # candidates.csv's columns with validation accuracy in place of the Pareto flag
+    rows = [(*row(i, c)[:-1], f"{accuracy:.4f}") for i, (c, accuracy) in enumerate(ranked, 1)]
+    header = (*COLUMNS[:-1], "val_acc")
     write_rows(out / "trained.csv", header, rows)
     return (
         f"Top {args.train_top} by validation accuracy after {args.epochs} epochs "
         f"({len(splits.val)} held-out images, seed {config.seed}):\n\n"
         + markdown_table(header, rows)
     )
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """ "a, b or c": the choices in help text, taken from the spec so they cannot go stale."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     grid_args.add_argument("--kernels", type=int, nargs="+", help="kernel sizes (odd)")
     grid_args.add_argument("--pools", type=int, nargs="+", help="head pool windows (0 = global)")
-    grid_args.add_argument("--block", help="unit type: basic, bottleneck, preact, res9 or fast")
-    grid_args.add_argument("--stem", help="cifar, imagenet or whiten")
-    grid_args.add_argument("--shortcut", help="projection or identity")
+    grid_args.add_argument("--block", help=f"unit type: {_one_of(BLOCK_TYPES)}")
+    grid_args.add_argument("--stem", help=_one_of(STEMS))
+    grid_args.add_argument("--shortcut", help=_one_of(SHORTCUTS))
     grid_args.add_argument("--num-classes", type=int)
     grid_args.add_argument("--input-size", type=int)
     parser.add_argument("--top", type=int, default=20, help="rows to print and write as Markdown")

@@ -17,7 +17,7 @@ from budgetnet import runs
 from budgetnet.errors import UserError, brief, positive_int, reject_unknown
 from budgetnet.evaluation.infer import BATCH_SIZE
 from budgetnet.models.complexity import PARAMETER_BUDGET
-from budgetnet.models.spec import BLOCK_TYPES, STEMS, ResNetSpec
+from budgetnet.models.spec import BLOCK_TYPES, SHORTCUTS, STEMS, ResNetSpec
 from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, model_spec
 from budgetnet.runtime import resolve_device
 from budgetnet.training.config import (
@@ -55,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="3x3/1; 7x7/2 + max-pool; or the frozen 2x2 whitening conv",
     )  # fmt: skip
     g.add_argument("--stem-channels", type=int, help="stem output channels (default channels[0])")
-    g.add_argument("--shortcut", metavar="{projection,identity}", help="when shapes change")
+    g.add_argument("--shortcut", metavar="{" + ",".join(SHORTCUTS) + "}", help="when shapes change")
     g.add_argument("--strides", type=int, nargs="+", help="stride per stage (default 1 2 2 ...)")
     g.add_argument("--dropout", type=float, help="dropout inside every residual unit")
     g.add_argument("--head-dropout", type=float, help="dropout before the classifier")

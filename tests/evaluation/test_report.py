@@ -13,12 +13,15 @@ from sklearn.metrics import average_precision_score, log_loss
 
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import UserError
+from budgetnet.evaluation import ensemble as ensemble_module
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import infer
 from budgetnet.evaluation.metrics import ECE_BINS, metrics, per_class_metrics, reliability
-from budgetnet.evaluation.report import evaluate_ensemble
+from budgetnet.evaluation.report import corruption_report, evaluate_ensemble
 from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import save_release
+from budgetnet.models.complexity import count_params
+from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
 from tiny import NORM, TINY_SPEC, save_random_release
@@ -170,6 +173,83 @@ def test_mismatched_classes_and_validation_splits_are_refused(cifar, tmp_path):
     pair = [save_constant_release(tmp_path / f"s{i}", provenance=p) for i, p in enumerate(seeds)]
     with pytest.raises(UserError, match="held out different validation splits"):
         labeled_split(load_ensemble(pair, torch.device("cpu")), "val")
+
+
+def test_val_split_is_rebuilt_identically_without_loading_the_rest(cifar, tmp_path, monkeypatch):
+    splits = load_splits(cifar, val_size=30, max_per_class=8, seed=7, cache_dir=False)
+    release = save_constant_release(tmp_path / "r", provenance={"data": splits.notes})
+    read, original = [], ensemble_module.load_split
+
+    def load_split(source, split, **options):
+        read.append(split)
+        return original(source, split, **options)
+
+    monkeypatch.setattr(ensemble_module, "load_split", load_split)
+    images = labeled_split(load_ensemble([release], torch.device("cpu")), "val")
+    assert read == ["train"]  # neither the test split nor normalisation statistics
+    expected = splits.val
+    np.testing.assert_array_equal(images.images, expected.images)
+    np.testing.assert_array_equal(images.labels, expected.labels)
+    assert images.source == expected.source and images.classes == expected.classes
+    assert images.coarse_labels is None and expected.coarse_labels is None
+
+
+DATA_NOTES = {"val_size": 20, "seed": 4, "max_per_class": None}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("source", [1, 2], r"invalid source \(list \[1, 2\]\); name the data with --data"),
+        ("val_size", "abc", r"invalid val_size \(str 'abc'\); evaluate with --split test"),
+        ("val_size", -1, "invalid val_size"),
+        ("val_size", 2.5, "invalid val_size"),
+        ("seed", "x", r"invalid seed \(str 'x'\)"),
+        ("seed", True, r"invalid seed \(bool True\)"),
+        ("seed", -3, "invalid seed"),
+        ("max_per_class", "x", r"invalid max_per_class \(str 'x'\)"),
+        ("max_per_class", 0, "invalid max_per_class"),
+        ("max_per_class", False, "invalid max_per_class"),
+    ],
+)
+def test_damaged_validation_notes_are_refused_in_one_line(cifar, tmp_path, key, value, message):
+    notes = {"source": str(cifar), **DATA_NOTES, key: value}
+    release = save_constant_release(tmp_path / "r", provenance={"data": notes})
+    with pytest.raises(UserError, match=message) as caught:
+        labeled_split(load_ensemble([release], torch.device("cpu")), "val")
+    assert str(caught.value).startswith(f"{release}: model.json records an invalid {key} (")
+    assert "\n" not in str(caught.value)
+
+
+def test_ensemble_parameters_are_those_of_its_built_networks(tmp_path):
+    wide = ResNetSpec((1, 2), (8, 24), block="bottleneck")
+    paths = [save_random_release(tmp_path / "a", seed=0),
+             save_random_release(tmp_path / "b", seed=1, spec=wide)]  # fmt: skip
+    ensemble = load_ensemble(paths, torch.device("cpu"))
+    built = sum(p.numel() for r in ensemble.releases for p in r.model.parameters())
+    assert ensemble.parameters == built == count_params(TINY_SPEC) + count_params(wide)
+
+
+@pytest.mark.parametrize("sample", [None, 10])
+def test_the_sweeps_clean_accuracy_is_the_one_an_own_pass_gives(cifar, tmp_path, sample):
+    ensemble = load_ensemble([save_random_release(tmp_path / "r", seed=2)], torch.device("cpu"))
+    images = labeled_split(ensemble, "test", str(cifar))
+    run = {"batch_size": 7, "device": torch.device("cpu"), "amp": True}
+    result = evaluate_ensemble(
+        ensemble, images, split="test", tta_levels=[0, 1], corruptions=["fog"], severities=[1],
+        corruption_images=sample, seed=3, **run,
+    )  # fmt: skip
+    own = corruption_report(
+        ensemble, images, ["fog"], [1], sample_size=sample, seed=3, tta=1, **run
+    )
+    assert result.report["corruptions"] == own  # the reused accuracy is the recomputed one
+    if sample is None:
+        assert own["clean_acc"] == result.report["tta"][-1]["acc"]
+    # a sample drawn inside ignores the caller's accuracy of all the images
+    given = corruption_report(
+        ensemble, images, ["fog"], [1], sample_size=sample, seed=3, tta=1, clean_acc=-1.0, **run
+    )
+    assert (given["clean_acc"] == -1.0) == (sample is None)
 
 
 def test_evaluate_refuses_an_unknown_corruption_in_one_line(tmp_path, run_main):

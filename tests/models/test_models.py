@@ -12,8 +12,11 @@ import torchvision
 from budgetnet.cli import add_model_arguments, spec_from_args
 from budgetnet.errors import UserError
 from budgetnet.models.builder import build
-from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.checkpoint import META_FILE, load_release, update_release_metrics
+from budgetnet.models.spec import BLOCK_TYPES, ResNetSpec
 from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, create_model, list_models, model_spec
+
+from tiny import save_random_release
 
 # Published counts (see docs/models.md for where each comes from).
 PRESET_PARAMS = {
@@ -179,3 +182,23 @@ def test_convs_are_kaiming_initialised():
     conv = create_model("resnet18").stages[3][1].conv2  # 512 -> 512, 3x3
     fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+def test_every_batchnorm_gets_the_specs_momentum(block):
+    # units and projection shortcuts alike: the builder has no default to fall back on
+    model = build(ResNetSpec((1, 1), (8, 16), block=block, bn_momentum=0.3))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and {m.momentum for m in norms} == {0.3}
+
+
+def test_update_release_metrics_replaces_only_the_metrics(tmp_path):
+    folder = save_random_release(tmp_path / "r", seed=0, provenance={"data": {"seed": 3}})
+    before = json.loads((folder / META_FILE).read_text())
+    release = load_release(folder)
+    update_release_metrics(release, {"test_acc_tta0": 0.5})
+    after = json.loads((folder / META_FILE).read_text())
+    assert after == {**before, "metrics": {"test_acc_tta0": 0.5}}
+    assert list(after) == list(before)  # the keys keep their order
+    assert load_release(folder).meta["metrics"] == {"test_acc_tta0": 0.5}
+    assert not list(folder.glob("*.tmp"))

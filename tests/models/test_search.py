@@ -13,11 +13,14 @@ from budgetnet.models.search import (
     COLUMNS,
     Grid,
     format_markdown,
+    load_grid,
     pareto_front,
     rank_by_training,
+    row,
     search,
     write_csv,
 )
+from budgetnet.models.spec import BLOCK_TYPES, SHORTCUTS, STEMS
 
 SMALL = Grid(stages=3, blocks=(1, 2), widths=(16, 32, 48), kernels=(3, 5), pools=(2, 8))
 
@@ -157,3 +160,59 @@ def test_search_refuses_an_unknown_block_in_one_line(run_main):
     assert bad.stderr.strip().splitlines() == [
         "error: block must be one of ['basic', 'bottleneck', 'preact', 'res9', 'fast'], got 'dense'"
     ]
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"blocks: [\xff]\n", b"- 1\n"])
+def test_a_grid_file_that_is_not_a_yaml_mapping_is_refused(tmp_path, raw):
+    # b"\xff\xfe" is a UTF-16 byte-order mark and nothing else; \xff alone is no UTF-8
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=r"grid .*grid\.yaml") as caught:
+        load_grid(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_oversized_grid_file_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(UserError, match=f"cannot read grid {path}: .*bytes, more than"):
+        load_grid(path)
+
+
+def test_trained_csv_shares_the_candidate_columns_but_the_last(monkeypatch, tmp_path):
+    kept = search(SMALL, 1_000_000)[:2]
+    monkeypatch.setattr(search_cli, "load_splits", lambda *a, **k: _Splits())
+    monkeypatch.setattr(
+        search_cli, "rank_by_training", lambda c, fn, k: [(c[1], 0.75), (c[0], 0.5)]
+    )
+    args = _Args()
+    search_cli.train_ranking(kept, args, tmp_path)
+    lines = (tmp_path / "trained.csv").read_text().splitlines()
+    assert lines[0] == "rank,blocks,channels,kernel,pool,params,flops,val_acc"
+    first = kept[1]
+    cells = [1, " ".join(map(str, first.spec.blocks)), " ".join(map(str, first.spec.channels)),
+             first.spec.kernel, first.spec.pool, first.params, first.flops, "0.7500"]  # fmt: skip
+    assert lines[1] == ",".join(map(str, cells))
+    assert lines[2].startswith("2,") and lines[2].endswith(",0.5000")
+    assert row(1, first)[:-1] == tuple(cells[:-1])
+
+
+class _Splits:
+    val = [0] * 40
+
+
+class _Args:
+    train_config = None
+    epochs = 1
+    data = None
+    max_per_class = None
+    device = "cpu"
+    train_top = 2
+
+
+def test_search_help_names_every_block_stem_and_shortcut(capsys):
+    with pytest.raises(SystemExit):
+        search_cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for names in (BLOCK_TYPES, STEMS, SHORTCUTS):
+        assert f"{', '.join(names[:-1])} or {names[-1]}" in text

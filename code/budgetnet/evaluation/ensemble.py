@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from budgetnet.data.sources import ImageSet, load_split, load_splits
-from budgetnet.errors import UserError
+from budgetnet.data.sources import ImageSet, hold_out, load_split, resolve_source
+from budgetnet.errors import UserError, brief
 from budgetnet.evaluation.infer import infer
 from budgetnet.models.checkpoint import Release, load_release
 
@@ -99,16 +99,38 @@ def _saw_test(notes: dict) -> bool:
     return "test" in str(notes.get("train_splits", "train")).split("+")
 
 
+def _is_count(value: object, least: int) -> bool:
+    # bool is an int to Python, but True is no seed or count training would have recorded
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_val_notes(release: Release, given: dict) -> None:
+    """Refuse a model.json whose validation settings are missing or damaged (they would
+    otherwise crash, or silently draw another split, deep in the data code)."""
+    missing = [k for k in VAL_SPLIT_KEYS if k not in given]
+    if missing:
+        raise UserError(
+            f"{release.path}: model.json does not record how its validation "
+            f"split was drawn ({', '.join(missing)} missing); evaluate with --split test"
+        )
+    valid = {
+        "val_size": _is_count(given["val_size"], 0),
+        "seed": _is_count(given["seed"], 0),
+        "max_per_class": given["max_per_class"] is None or _is_count(given["max_per_class"], 1),
+    }
+    for key in VAL_SPLIT_KEYS:
+        if not valid[key]:
+            raise UserError(
+                f"{release.path}: model.json records an invalid {key} "
+                f"({brief(given[key])}); evaluate with --split test"
+            )
+
+
 def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -> ImageSet:
     """The validation split every release held out, rebuilt; refused unless all recorded the
     same draw (averaged models scored on a split one of them trained on would flatter it)."""
     for release, given in zip(ensemble.releases, notes, strict=True):
-        missing = [k for k in VAL_SPLIT_KEYS if k not in given]
-        if missing:
-            raise UserError(
-                f"{release.path}: model.json does not record how its validation "
-                f"split was drawn ({', '.join(missing)} missing); evaluate with --split test"
-            )
+        _check_val_notes(release, given)
     if source is None:
         raise UserError(
             f"{ensemble.releases[0].path}: model.json does not say which data "
@@ -120,20 +142,29 @@ def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -
             "these checkpoints held out different validation splits "
             f"({settings}); evaluate them with --split test"
         )
-    splits = load_splits(source, **settings[0])
-    if splits.val is None:
+    # load_splits' own steps, less the test split and the statistics that are not needed here
+    found = resolve_source(source)
+    full = load_split(found.path, "train", max_per_class=settings[0]["max_per_class"])
+    val = hold_out(full, settings[0]["val_size"], settings[0]["seed"])[2]
+    if val is None:
         raise UserError(
             f"{ensemble.releases[0].path}: its run held out no validation split "
             "(val_size 0); evaluate with --split test"
         )
-    return splits.val
+    return val
 
 
 def labeled_split(ensemble: Ensemble, split: str, data: str | None = None) -> ImageSet:
     """The test split of the training data (or of `data`), or the very validation split the
     run held out, rebuilt from the settings stored in model.json."""
     notes = [_data_notes(r) for r in ensemble.releases]
-    source = data or notes[0].get("source")
+    recorded = notes[0].get("source")
+    if not data and recorded is not None and not isinstance(recorded, str):
+        raise UserError(
+            f"{ensemble.releases[0].path}: model.json records an invalid source "
+            f"({brief(recorded)}); name the data with --data"
+        )
+    source = data or recorded
     if split == "test":
         trained_on = [r.path for r, n in zip(ensemble.releases, notes, strict=True) if _saw_test(n)]
         if trained_on and data is None:

@@ -33,7 +33,7 @@ class Scale(nn.Module):
         return f"factor={self.factor:g}"
 
 
-def _make_layer(layer: Layer, bn_momentum: float = 0.1) -> nn.Module:
+def _make_layer(layer: Layer, bn_momentum: float) -> nn.Module:
     if layer.op == "conv":
         # Without a bias unless the plan says so: the BN next to it has one.
         return nn.Conv2d(
@@ -62,7 +62,7 @@ def _make_layer(layer: Layer, bn_momentum: float = 0.1) -> nn.Module:
     return adaptive(1) if layer.kernel == 0 else windowed(layer.kernel, layer.stride, layer.padding)
 
 
-def _sequential(layers: tuple[Layer, ...], bn_momentum: float = 0.1) -> nn.Sequential:
+def _sequential(layers: tuple[Layer, ...], bn_momentum: float) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict((layer.name, _make_layer(layer, bn_momentum)) for layer in layers)
     )
@@ -86,7 +86,7 @@ class ZeroPadShortcut(nn.Module):
 class Residual(nn.Module):
     """A residual unit: the plan's layers as named children; each subclass wires them up."""
 
-    def __init__(self, block: Block, bn_momentum: float = 0.1) -> None:
+    def __init__(self, block: Block, bn_momentum: float) -> None:
         super().__init__()
         for layer in block.layers:
             self.add_module(layer.name, _make_layer(layer, bn_momentum))
@@ -147,7 +147,7 @@ _UNITS = {
 }  # fmt: skip
 
 
-def _make_block(block: Block, bn_momentum: float = 0.1) -> nn.Module:
+def _make_block(block: Block, bn_momentum: float) -> nn.Module:
     if block.kind == "sequential":
         return _sequential(block.layers, bn_momentum)
     return _UNITS[block.kind](block, bn_momentum)

@@ -96,13 +96,11 @@ def save_release(
     return folder
 
 
-def update_release_metrics(folder: str | Path, metrics: dict) -> None:
-    """Replace the metrics in a release's model.json (the weights stay as they are)."""
-    path = Path(folder) / META_FILE
-    meta = json.loads(path.read_text())
-    meta["metrics"] = metrics
-    with atomic_write(path) as handle:
-        json.dump(meta, handle, indent=2)
+def update_release_metrics(release: Release, metrics: dict) -> None:
+    """Replace the metrics in a loaded release's model.json (the weights stay as they are):
+    the rest is the model.json `load_release` read and checked, so it is not read again."""
+    with atomic_write(release.path / META_FILE) as handle:
+        json.dump({**release.meta, "metrics": metrics}, handle, indent=2)
 
 
 def _release_folder(path: Path) -> Path:
@@ -204,12 +202,11 @@ def load_release(path: str | Path, device: torch.device | str = "cpu") -> Releas
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{weights_path}: cannot read weights ({shorten(str(exc))})") from None
-    expected = model.state_dict()
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all())
     if bad:
         raise UserError(f"{weights_path}: non-finite weights in {shorten(str(bad[:3]))}")
     try:
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        model.load_state_dict({k: v.to(planned[k].dtype) for k, v in state.items()})
     except RuntimeError as exc:
         raise UserError(f"{weights_path}: weights do not load ({shorten(str(exc))})") from None
     # channels_last: faster convolutions with cuDNN and oneDNN (infer() feeds inputs to match)

@@ -21,10 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from budgetnet.errors import UserError, brief, shorten
-from budgetnet.files import atomic_write
+from budgetnet.errors import UserError, brief
+from budgetnet.files import atomic_write, read_yaml
 from budgetnet.models.complexity import count_flops, count_params
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.tables import markdown_table
@@ -94,9 +92,12 @@ class Grid:
 def load_grid(path: str | Path) -> dict[str, Any]:
     """A YAML mapping of Grid fields (checked when the Grid is made)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read grid {path}: {shorten(str(exc))}") from None
+        data = read_yaml(path, "grid file")
+    except UserError as exc:
+        # read_yaml's messages start with the path; keep this function's one prefix
+        raise UserError(
+            f"cannot read grid {path}: {str(exc).removeprefix(f'{Path(path)}: ')}"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(
             f"grid {path} must be a YAML mapping of grid keys, got {type(data).__name__}"
@@ -150,7 +151,8 @@ def rank_by_training(
     return sorted(scored, key=lambda pair: -pair[1])
 
 
-def _row(rank: int, c: Candidate) -> tuple:
+def row(rank: int, c: Candidate) -> tuple:
+    """A candidate's cells under COLUMNS (code/search.py reuses them for trained.csv)."""
     spec = c.spec
     blocks, channels = " ".join(map(str, spec.blocks)), " ".join(map(str, spec.channels))
     return (rank, blocks, channels, spec.kernel, spec.pool, c.params, c.flops, c.pareto)
@@ -164,13 +166,13 @@ def write_rows(path: str | Path, header: Sequence[str], rows) -> None:
 
 
 def write_csv(path: str | Path, candidates: Sequence[Candidate]) -> None:
-    write_rows(path, COLUMNS, (_row(rank, c) for rank, c in enumerate(candidates, 1)))
+    write_rows(path, COLUMNS, (row(rank, c) for rank, c in enumerate(candidates, 1)))
 
 
 def format_markdown(candidates: Sequence[Candidate], grid: Grid, max_params: int, top: int) -> str:
     """A heading that states the grid, budget and rule, and the first `top` rows."""
     on_front = sum(c.pareto for c in candidates)
-    table = markdown_table(COLUMNS, [_row(rank, c) for rank, c in enumerate(candidates[:top], 1)])
+    table = markdown_table(COLUMNS, [row(rank, c) for rank, c in enumerate(candidates[:top], 1)])
     return "\n".join(
         [
             f"# Candidates under {max_params:,} parameters",
