@@ -19,7 +19,7 @@ from budgetnet.models.spec import ResNetSpec
 from budgetnet.models.whitening import init_whitening, patches, sample_images, whitening_filters
 from budgetnet.models.zoo import model_spec
 from budgetnet.training import engine, lookahead, optim, schedule
-from budgetnet.training.augment import DeviceBatches, altflip_mask, random_crop
+from budgetnet.training.augment import DeviceBatches, altflip_base, altflip_mask, random_crop
 from budgetnet.training.config import TrainConfig, recipe_config
 from budgetnet.training.muon import Muon, orthogonalize
 from budgetnet.training.objective import Objective
@@ -142,10 +142,11 @@ def test_lookahead_pulls_every_k_steps_with_a_ramped_decay():
 
 def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     index = torch.arange(1000)
-    even, odd = altflip_mask(3, 0, index, 1000), altflip_mask(3, 1, index, 1000)
+    base = altflip_base(3, 1000)
+    even, odd = altflip_mask(base, 0, index), altflip_mask(base, 1, index)
     assert (even ^ odd).all() and 400 < int(even.sum()) < 600
-    assert torch.equal(even, altflip_mask(3, 2, index, 1000))  # the same half again
-    assert not torch.equal(even, altflip_mask(4, 0, index, 1000))  # seeded
+    assert torch.equal(even, altflip_mask(base, 2, index))  # the same half again
+    assert not torch.equal(even, altflip_mask(altflip_base(4, 1000), 0, index))  # seeded
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     config = TrainConfig(batch_size=64, crop_padding=0, altflip=True, aa=None, reprob=0)
     batches = DeviceBatches(images, np.zeros(64, dtype=np.int64), config, torch.device("cpu"))
@@ -158,6 +159,29 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
         flipped0 = torch.equal(x0[k], source[i].flip(-1))
         assert torch.equal(x0[k], source[i].flip(-1) if flipped0 else source[i])
         assert torch.equal(x1[j], source[i] if flipped0 else source[i].flip(-1))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_flip_mask_drawn_once_equals_the_per_batch_draw_in_every_epoch(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = TrainConfig(batch_size=50, altflip=True, aa=None, reprob=0, seed=7)
+    images, labels = np.zeros((1000, 4, 4, 3), np.uint8), np.zeros(1000, np.int64)
+    batches = DeviceBatches(images, labels, config, torch.device(device))
+    drawn = torch.rand(1000, generator=torch.Generator().manual_seed(7 + 0x5EED)) < 0.5
+    for epoch in range(5):
+        index = batches.order(epoch)
+        per_batch = drawn[index] ^ bool(epoch % 2)  # what every batch used to redraw
+        got = altflip_mask(batches.flip_base, epoch, index)
+        assert got.device.type == device and torch.equal(got.cpu(), per_batch)
+
+
+def test_normalize_with_cached_statistics_equals_the_formula_bit_for_bit():
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 8, 8), np.uint8))
+    other = Normalization((0.1, 0.2, 0.3), (0.3, 0.2, 0.1), "other")
+    for norm in (NORM, other, NORM):  # the second NORM comes from the cache
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (norm.mean, norm.std))
+        assert torch.equal(normalize(batch, norm), (batch.float() / 255.0 - mean) / std)
 
 
 def test_reflect_translation_matches_torchvision():

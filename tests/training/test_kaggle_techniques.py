@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from PIL import Image
 from torch import nn
 
 from budgetnet.errors import UserError
+from budgetnet.models import checkpoint
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.training import engine
 from budgetnet.training.augment import BatchAugment, WorkerBatches, auto_augment
 from budgetnet.training.config import JSD_SPLITS, TrainConfig, merge
@@ -21,7 +24,7 @@ from budgetnet.training.objective import Objective, Teacher, kd_loss
 from budgetnet.training.schedule import make_schedule, swa_start_epoch
 from budgetnet.training.swa import WeightAverage
 
-from cifar_files import random_images
+from cifar_files import CIFAR10_CLASSES, random_images
 from tiny import NORM, TINY_SPEC, save_random_release, tiny_config
 
 CPU = torch.device("cpu")
@@ -78,6 +81,24 @@ def test_distilled_objective_mixes_labels_and_teacher_by_kd_alpha(teachers):
     expected += 0.25 * kd_loss(logits, teacher.probs(x), 2.0)
     got = Objective(config, teacher)(logits, labels, x)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_teacher_of_other_classes_or_another_order_is_refused(cifar, tmp_path):
+    hundred = save_random_release(
+        tmp_path / "t100", 3, [f"c{i}" for i in range(100)], replace(TINY_SPEC, num_classes=100)
+    )
+    reordered = save_random_release(tmp_path / "reordered", 3, CIFAR10_CLASSES[::-1])
+    for teacher in (hundred, reordered):
+        config = tiny_config(cifar, tmp_path, teacher=[str(teacher)], kd_alpha=0.5)
+        with pytest.raises(UserError, match=r"teacher classes \[.* differ from the training data"):
+            engine.setup(config, TINY_SPEC, log=lambda line: None)
+
+
+def test_a_teacher_of_another_input_size_is_refused(cifar, tmp_path):
+    teacher = save_random_release(tmp_path / "t64", 3, spec=replace(TINY_SPEC, input_size=64))
+    config = tiny_config(cifar, tmp_path, teacher=[str(teacher)], kd_alpha=0.5)
+    with pytest.raises(UserError, match="teacher input size 64 px differs from the student's 32"):
+        engine.setup(config, TINY_SPEC, log=lambda line: None)
 
 
 def test_weight_average_is_the_mean_of_epoch_weights_and_bn_is_recomputed():
@@ -169,3 +190,72 @@ def test_a_tiny_run_with_each_technique_releases_a_working_model(cifar, tmp_path
         assert meta["metrics"]["swa_epochs"] == 1  # epoch 2 of 2
     saved = meta["provenance"]["config"]
     assert all(saved[key] == value for key, value in flags.items())
+
+
+def _released_weights_equal(run, state: dict) -> bool:
+    """Whether the release in `run` holds `state` (as the float16 release stores it)."""
+    released = checkpoint.load_release(run).model.state_dict()
+    return all(
+        torch.equal(released[k], v.half().float() if v.is_floating_point() else v)
+        for k, v in state.items()
+    )
+
+
+def test_swa_that_never_started_leaves_the_best_epochs_release(cifar, tmp_path, monkeypatch):
+    saved, save_release = [], engine._save_release
+
+    def recording(s, model, scores, run_dir, record):
+        saved.append((scores, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        save_release(s, model, scores, run_dir, record)
+
+    monkeypatch.setattr(engine, "_save_release", recording)
+    # No epoch can gain a whole 100%: patience ends the run after 2 of 20 epochs, long before
+    # the average would start (epoch 10).
+    config = tiny_config(
+        cifar, tmp_path, epochs=20, warmup_epochs=0, patience=1, min_delta=1.0, swa=True,
+        swa_start=0.5, tta=0,
+    )  # fmt: skip
+    lines = []
+    results = engine.fit(config, ResNetSpec((1,), (8,)), log=lines.append)
+    assert results["epochs_run"] == 2
+    assert "SWA: no epoch reached --swa-start; the best epoch's release stays" in lines
+    meta = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
+    assert "swa_epochs" not in meta["metrics"] and meta["metrics"]["epoch"] == 1
+    assert [scores["epoch"] for scores, _ in saved] == [1]
+    assert _released_weights_equal(tmp_path / "run", saved[0][1])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_swa_run_carries_on_the_saved_average(cifar, tmp_path, monkeypatch):
+    # The average takes both epochs; the interrupted run stops after the first with one epoch
+    # averaged, which the resumed run must carry on from its last.pt.
+    flags = dict(epochs=2, warmup_epochs=0.5, swa=True, swa_start=0.0, tta=0)
+    engine.fit(tiny_config(cifar, tmp_path / "a", **flags), TINY_SPEC, log=lambda line: None)
+    end_epoch = engine.end_epoch
+
+    def end_then_stop(s, progress, row, *rest):
+        stop = end_epoch(s, progress, row, *rest)
+        if row["epoch"] == 0:
+            assert s.average.count == 1
+            raise _Interrupted
+        return stop
+
+    monkeypatch.setattr(engine, "end_epoch", end_then_stop)
+    config = tiny_config(cifar, tmp_path / "b", **flags)
+    with pytest.raises(_Interrupted):
+        engine.fit(config, TINY_SPEC, log=lambda line: None)
+    monkeypatch.setattr(engine, "end_epoch", end_epoch)
+    engine.fit(config, TINY_SPEC, resume=tmp_path / "b" / "run", log=lambda line: None)
+    a, b = (torch.load(tmp_path / x / "run" / "last.pt", weights_only=True) for x in "ab")
+    assert int(a["swa"]["n_averaged"]) == int(b["swa"]["n_averaged"]) == 2
+    for key, value in a["swa"].items():
+        assert torch.equal(value, b["swa"][key]), key
+    for run in (tmp_path / "a" / "run", tmp_path / "b" / "run"):
+        meta = json.loads((run / "best" / "model.json").read_text())
+        assert meta["metrics"]["swa_epochs"] == 2
+    straight = checkpoint.load_release(tmp_path / "a" / "run").model.state_dict()
+    assert _released_weights_equal(tmp_path / "b" / "run", straight)

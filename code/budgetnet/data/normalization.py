@@ -6,6 +6,7 @@ pixels a model sees at test time are prepared exactly as in training.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -85,6 +86,17 @@ def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images
 
 
+@functools.lru_cache(maxsize=32)
+def _statistics(
+    normalization: Normalization, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: building them per batch
+    copies them to the device every step. Shared, so never modified in place."""
+    mean = torch.tensor(normalization.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalize(
     batch: torch.Tensor,
     normalization: Normalization,
@@ -94,8 +106,7 @@ def normalize(
     """uint8 (N, 3, H, W) -> float32, scaled to [0, 1], standardised per channel, resized to
     `size` pixels if given and different (the 224 px ImageNet-style presets), in channels_last
     memory order unless `channels_last` is False (faster convolutions with cuDNN and oneDNN)."""
-    mean = torch.tensor(normalization.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(normalization.std, device=batch.device).view(1, 3, 1, 1)
+    mean, std = _statistics(normalization, batch.device, torch.get_default_dtype())
     x = (batch.float() / 255.0 - mean) / std
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

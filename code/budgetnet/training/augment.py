@@ -11,8 +11,8 @@ the training device; normalisation, RandomErasing and Mixup/CutMix then run on t
 
 The order of images each epoch comes from `epoch_order(seed, epoch, ...)`, a pure function, so a
 resumed run sees exactly the batches an uninterrupted one would, and every process of a
-distributed run takes its own slice of the same order. The alternating flip (`altflip_mask`) is
-a pure function of (seed, epoch, image index) too, and is applied to the batch by both sources.
+distributed run takes its own slice of the same order. The alternating flip (`altflip_mask` of
+`altflip_base`) is a pure function of (seed, epoch, image index) too, and is applied to the batch by both sources.
 """
 
 from __future__ import annotations
@@ -32,11 +32,16 @@ def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
 
 
-def altflip_mask(seed: int, epoch: int, index: torch.Tensor, count: int) -> torch.Tensor:
-    """Whether images `index` (of `count`) are mirrored in `epoch` under the alternating flip:
-    a fixed random half (drawn once from the seed) in even epochs, the other half in odd ones."""
-    base = torch.rand(count, generator=torch.Generator().manual_seed(seed + 0x5EED)) < 0.5
-    return base[index.cpu()] ^ bool(epoch % 2)
+def altflip_base(seed: int, count: int) -> torch.Tensor:
+    """The fixed random half of `count` images that the alternating flip mirrors in even
+    epochs (on the CPU); it does not depend on the epoch, so batch sources draw it once."""
+    return torch.rand(count, generator=torch.Generator().manual_seed(seed + 0x5EED)) < 0.5
+
+
+def altflip_mask(base: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
+    """Whether images `index` are mirrored in `epoch` under the alternating flip: the half
+    `base` (from `altflip_base`) in even epochs, the other half in odd ones. On base's device."""
+    return base[index.to(base.device, non_blocking=True)] ^ bool(epoch % 2)
 
 
 def epoch_order(
@@ -55,7 +60,6 @@ class _Batches:
 
     def __init__(
         self,
-        images: np.ndarray,
         labels: np.ndarray,
         config: TrainConfig,
         device: torch.device,
@@ -65,6 +69,10 @@ class _Batches:
         self.count = len(labels)
         self.config, self.device, self.rank, self.world = config, device, rank, world
         self.per_process = config.batch_size // world
+        # On the device once: redrawing it per batch and copying it there costs a sync.
+        self.flip_base = (
+            altflip_base(config.seed, self.count).to(device) if config.altflip else None
+        )
 
     def __len__(self) -> int:
         return self.count // self.config.batch_size
@@ -77,13 +85,13 @@ class _Batches:
         """The batch of images `index` with the alternating flip applied (if it is on)."""
         if not self.config.altflip:
             return x
-        flip = altflip_mask(self.config.seed, epoch, index, self.count).to(x.device)
+        flip = altflip_mask(self.flip_base, epoch, index)
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 class DeviceBatches(_Batches):
     def __init__(self, images: np.ndarray, labels: np.ndarray, *args, **kwargs) -> None:
-        super().__init__(images, labels, *args, **kwargs)
+        super().__init__(labels, *args, **kwargs)
         self.images = as_uint8_nchw(images).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
 
@@ -100,7 +108,9 @@ class DeviceBatches(_Batches):
             if cfg.altflip:
                 x = self.altflip(x, epoch, index)
             elif cfg.hflip:
-                flip = (torch.rand(len(x), generator=gen) < cfg.hflip).to(self.device)
+                flip = (torch.rand(len(x), generator=gen) < cfg.hflip).to(
+                    self.device, non_blocking=True
+                )
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             yield x, self.labels[index]
 
@@ -113,8 +123,8 @@ def random_crop(
     n, _, h, w = x.shape
     mode = "reflect" if padding_mode == "reflect" else "constant"
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode=mode)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -217,7 +227,7 @@ class _PILImages(Dataset):
 
 class WorkerBatches(_Batches):
     def __init__(self, images: np.ndarray, labels: np.ndarray, *args, **kwargs) -> None:
-        super().__init__(images, labels, *args, **kwargs)
+        super().__init__(labels, *args, **kwargs)
         self.dataset = _PILImages(images, labels, pil_transform(self.config, images.shape[1]))
 
     def epoch(self, epoch: int):

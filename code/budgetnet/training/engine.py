@@ -215,10 +215,12 @@ def setup(
     *,
     initialise: bool = True,
     log: Callable[[str], None] = print,
+    ddp: distributed.Distributed | None = None,
 ) -> Session:
     """Data (loaded unless given), the model (data-dependent initialisation unless resuming),
-    its EMA, optimizer, schedule, batches and augmentation, on the configured device."""
-    ddp = distributed.init_distributed(config.device)
+    its EMA, optimizer, schedule, batches and augmentation, on the configured device. `ddp`:
+    the process group a caller has already joined (fit does, before its tracker)."""
+    ddp = ddp if ddp is not None else distributed.init_distributed(config.device)
     device = resolve_device(config.device)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)
@@ -251,7 +253,7 @@ def setup(
         config, spec, splits, device, ddp, model, _wrap(model, config, ddp, device),
         _ema(model, config), optimizer, batches,
         BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device),
-        Objective(config, _teacher(config, splits, device)),
+        Objective(config, _teacher(config, splits, spec.input_size, device)),
         make_schedule(config, optimizer, len(batches)), _lookahead(model, config, len(batches)),
         whitened_stem(model, spec), WeightAverage(model, config) if config.swa else None,
         init_seconds, runtime, log,
@@ -287,10 +289,15 @@ def _ema(model: nn.Module, config: TrainConfig) -> nn.Module | None:
     return ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
 
 
-def _teacher(config: TrainConfig, splits: DataSplits, device: torch.device) -> Teacher | None:
+def _teacher(
+    config: TrainConfig, splits: DataSplits, input_size: int, device: torch.device
+) -> Teacher | None:
     if config.teacher is None:
         return None
-    return Teacher(config.teacher, splits.normalization, config.kd_temperature, device, config.amp)
+    return Teacher(
+        config.teacher, splits.normalization, config.kd_temperature, device, config.amp,
+        classes=splits.train.classes, input_size=input_size,
+    )  # fmt: skip
 
 
 def _lookahead(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
@@ -364,7 +371,8 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
 
     s.model.train()
     started = time.perf_counter()
-    totals = torch.zeros(3, dtype=torch.float64, device=s.device)  # loss sum, correct, seen
+    totals = torch.zeros(2, dtype=torch.float64, device=s.device)  # loss sum, correct
+    seen = 0
     steps = len(s.batches)
     progress = tqdm(
         s.batches.epoch(epoch), total=steps, leave=False, mininterval=1,
@@ -382,13 +390,15 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
             s.lookahead.after_step(s.model, step + 1)
         if s.ema is not None:
             s.ema.update(s.model, step=step)
-        seen = torch.tensor(float(len(labels)), device=s.device)
+        seen += len(labels)  # a Python count: a new device tensor per step would cost a copy
         correct = (logits.argmax(1) == labels).sum().double()
-        totals += torch.stack([loss.detach().double() * len(labels), correct, seen])
+        totals += torch.stack([loss.detach().double() * len(labels), correct])
         tracker.step(step, loss, lr)
         if i % 20 == 0 and not math.isfinite(totals[0].item()):
             break
-    loss_sum, correct, seen = distributed.reduce(totals.tolist(), s.device, s.ddp.world)
+    loss_sum, correct, seen = distributed.reduce(
+        [*totals.tolist(), float(seen)], s.device, s.ddp.world
+    )
     if not math.isfinite(loss_sum):
         raise Diverged(
             f"the loss became {loss_sum} in epoch {epoch + 1}; stopped, and kept the last "
@@ -448,6 +458,9 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
     """--swa: the averaged weights, their BatchNorm statistics recomputed over the training
     images, validated and released in place of the best epoch's model."""
     if not s.ddp.main:
+        return
+    if s.average.count == 0:  # it would hold the starting weights: nothing trained is in it
+        s.log("SWA: no epoch reached --swa-start; the best epoch's release stays")
         return
     inputs = (
         normalize(images, s.splits.normalization, s.spec.input_size, s.config.channels_last)
@@ -530,7 +543,7 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
                 scores[f"test_top5_tta{tta}"] = scored["top5"]
         matrix = confusion_matrix(probs.numpy(), s.splits.test.labels)
         save_figure(confusion_figure(matrix, release.classes), run_dir / CONFUSION_FILE)
-    checkpoint.update_release_metrics(release.path, scores)
+    checkpoint.update_release_metrics(release, scores)
     results = {
         "run_dir": str(run_dir),
         "epochs_run": len(progress.history),
@@ -577,7 +590,7 @@ def fit(
         log(note)
     ddp = distributed.init_distributed(config.device)
     tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
-    s = setup(config, spec, splits, initialise=resume is None, log=log)
+    s = setup(config, spec, splits, initialise=resume is None, log=log, ddp=ddp)
     run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(s.spec)))
     if resume is not None:
         progress, record = resume_progress(s, run_dir), runs.read_config(run_dir)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from budgetnet.data.normalization import Normalization
-from budgetnet.evaluation.ensemble import load_ensemble
+from budgetnet.errors import UserError, shorten
+from budgetnet.evaluation.ensemble import Ensemble, load_ensemble
 from budgetnet.runtime import autocast
 from budgetnet.training.config import JSD_SPLITS, TrainConfig
 
@@ -45,8 +46,14 @@ class Teacher:
         temperature: float,
         device: torch.device,
         amp: bool,
+        *,
+        classes: Sequence[str] | None = None,
+        input_size: int | None = None,
     ) -> None:
+        """`classes` and `input_size`: the student's, checked against every member's (None:
+        not checked, for teachers built by hand)."""
         self.ensemble = load_ensemble(list(paths), device, max_params=0)  # a teacher may be big
+        _check_members(self.ensemble, classes, input_size)
         self.temperature, self.device, self.amp = temperature, device, amp
         for release in self.ensemble.releases:
             release.model.eval().requires_grad_(False)
@@ -67,6 +74,23 @@ class Teacher:
         return total / len(self.ensemble.releases)
 
 
+def _check_members(ensemble: Ensemble, classes: Sequence[str] | None, size: int | None) -> None:
+    """Soft targets are matched to the student's logits by position, and members get the
+    student's inputs as they are (not resized): both must agree."""
+    if classes is not None and list(ensemble.classes) != list(classes):
+        raise UserError(
+            f"teacher classes {shorten(str(ensemble.classes))} differ from the training data's "
+            f"{shorten(str(list(classes)))}; a teacher must label the same classes, in order"
+        )
+    for release in ensemble.releases:
+        own = release.model.spec.input_size
+        if size is not None and own != size:
+            raise UserError(
+                f"{release.path}: teacher input size {own} px differs from the student's {size} "
+                "px; distil from a teacher trained at the student's input size"
+            )
+
+
 def _affine(source: Normalization, target: Normalization, device: torch.device) -> tuple:
     """(scale, shift) with x_target = x_source * scale + shift; (None, None) when they agree."""
     if source.mean == target.mean and source.std == target.std:
@@ -84,7 +108,6 @@ class Objective:
     def __init__(self, config: TrainConfig, teacher: Teacher | None = None) -> None:
         self.task = _task_loss(config)
         self.teacher, self.alpha = teacher, config.kd_alpha
-        self.temperature = config.kd_temperature
 
     def __call__(
         self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor
@@ -92,7 +115,7 @@ class Objective:
         loss = self.task(logits, target)
         if self.teacher is None:
             return loss
-        soft = kd_loss(logits, self.teacher.probs(inputs), self.temperature)
+        soft = kd_loss(logits, self.teacher.probs(inputs), self.teacher.temperature)
         return (1 - self.alpha) * loss + self.alpha * soft
 
 
