@@ -55,7 +55,7 @@ def train_ranking(candidates, args, out: Path) -> str:
         },
         "flags",
     )
-    if not config.val_size:
+    if config.val_size == 0:
         raise UserError("ranking by training needs a validation split (val_size > 0)")
     splits = load_splits(
         config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed

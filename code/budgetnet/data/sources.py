@@ -496,16 +496,29 @@ def cap_per_class(labels: np.ndarray, max_per_class: int) -> np.ndarray:
     return np.flatnonzero(rank < max_per_class)
 
 
+# The default validation split: a tenth of the training images, at most CIFAR's usual 5,000, so
+# that a subset of a few thousand images trains without a --val-size of its own.
+AUTO_VAL_FRACTION = 0.1
+AUTO_VAL_MAX = 5000
+
+
+def auto_val_size(count: int) -> int:
+    return min(AUTO_VAL_MAX, round(AUTO_VAL_FRACTION * count))
+
+
 def split_train_val(
-    labels: np.ndarray, val_size: int | float, seed: int
+    labels: np.ndarray, val_size: int | float | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded (train, val) indices; `val_size` is a count or a fraction in (0, 1).
+    """Stratified, seeded (train, val) indices; `val_size` is a count, a fraction in (0, 1), or
+    None for `auto_val_size` of the images.
 
     Each class gives its share of the validation images (largest remainders round), drawn at
     random with `seed`. 0 means no validation split. Both index arrays are sorted, so subsets
     keep the source order.
     """
     everything = np.arange(len(labels))
+    if val_size is None:
+        val_size = auto_val_size(len(labels))
     if not val_size:
         return everything, everything[:0]
     classes, counts = np.unique(labels, return_counts=True)
@@ -529,7 +542,7 @@ def split_train_val(
 
 
 def hold_out(
-    full: ImageSet, val_size: int | float, seed: int
+    full: ImageSet, val_size: int | float | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray, ImageSet | None]:
     """(train indices, validation indices, validation split or None) of `full`: the draw of
     `load_splits`, shared with evaluation, which rebuilds a run's validation split alone."""
@@ -568,7 +581,7 @@ def parse_train_splits(text: str) -> tuple[str, ...]:
 def load_splits(
     source: str | Path | None = None,
     *,
-    val_size: int | float = 5000,
+    val_size: int | float | None = None,
     max_per_class: int | None = None,
     seed: int = 0,
     train_splits: str = "train",

@@ -88,6 +88,18 @@ MODELS: dict[str, ModelEntry] = {
         "+ 1 residual unit, 64/256/256, global max-pool, logits x 1/9",
         "airbench94 (Jordan 2024), with an identity shortcut around each stage's second conv",
     ),
+    "fastres_wide": ModelEntry(
+        _fast((1, 1, 1), (128, 384, 384)),
+        "airbench95's widths in fastres_s's layout: 3 stages of conv-pool-BN-GELU + 1 residual "
+        "unit, 128/384/384 (2.6x fastres_s's FLOPs)",
+        "airbench95 (Jordan 2024), with an identity shortcut around each stage's second conv",
+    ),
+    "fastres_deep": ModelEntry(
+        _fast((2, 2, 2), (64, 256, 384)),
+        "fastres_s with 2 residual units per stage, the last stage widened to 384 to fill the "
+        "budget: 64/256/384 (1.6x fastres_s's FLOPs; the 32 px stage kept narrow, it costs most)",
+        "airbench96's two-conv residual stages (Jordan 2024), widths cut to fit 5M",
+    ),
 }
 DEFAULT_MODEL = "resnet24_b343"
 

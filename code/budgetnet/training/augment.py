@@ -282,9 +282,33 @@ def make_batches(
     return kind(images, labels, config, device, rank, world)
 
 
+def gaussian_noise(
+    x: torch.Tensor, fraction: float, max_std: float, normalization: Normalization
+) -> torch.Tensor:
+    """Gaussian-noise augmentation on a normalised batch: `round(fraction * B)` images, chosen
+    at random, get pixel noise of a standard deviation drawn per image from U(0, max_std) (in
+    [0, 1] pixel units, so one setting means the same whatever the normalisation), and are
+    clipped to the valid pixel range as a noisy photograph is. The rest stay clean, so clean
+    accuracy is still learned (Rusak et al. 2020 train on half-clean batches). Draws from the
+    global RNG, whose state the resume checkpoint keeps."""
+    count = round(fraction * len(x))
+    if not count or not max_std:
+        return x
+    mean = torch.tensor(normalization.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    chosen = torch.randperm(len(x), device=x.device)[:count]
+    sigma = torch.rand(count, 1, 1, 1, device=x.device, dtype=x.dtype) * max_std
+    pixels = x[chosen] * std + mean
+    noisy = (pixels + sigma * torch.randn_like(pixels)).clamp_(0, 1)
+    out = x.clone()  # keeps x's memory order
+    out[chosen] = (noisy - mean) / std
+    return out
+
+
 class BatchAugment:
     """What happens to every training batch on the device: normalise (the shared function),
-    RandomErasing (timm) and Mixup/CutMix (timm), which also turn labels into soft targets."""
+    Gaussian noise on a fraction of it, RandomErasing (timm) and Mixup/CutMix (timm), which
+    also turn labels into soft targets."""
 
     def __init__(
         self,
@@ -299,6 +323,7 @@ class BatchAugment:
 
         self.normalization, self.image_size = normalization, image_size
         self.channels_last = config.channels_last  # the model's memory order (engine.setup)
+        self.noise = (config.noise_prob, config.noise_std)
         self.erase = None
         if config.reprob:
             # Cutout (albumentations' CoarseDropout with one hole) is RandomErasing of a fixed
@@ -327,6 +352,8 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         x = normalize(images, self.normalization, self.image_size, self.channels_last)
+        if self.noise[0]:
+            x = gaussian_noise(x, *self.noise, self.normalization)
         if self.erase is not None:
             x = self.erase(x)
         if self.mix is not None:

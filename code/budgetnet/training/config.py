@@ -35,13 +35,18 @@ class TrainConfig:
         None  # any source budgetnet.data.sources reads (None: $BUDGETNET_DATA, ./data)
     )
     max_per_class: int | None = None  # keep the first N training images of each class
-    val_size: int = 5000  # images held out from train for validation (0 = none)
+    # images held out from train for validation (0 = none; None: a tenth of them, at most 5000;
+    # a run records the count it held out)
+    val_size: int | None = None
     # the splits the model trains on, joined by +: "train+test" trains on every labeled image
     # (for the model you submit; no test accuracy is then reported)
     train_splits: str = "train"
     normalize: str = "data"  # per-channel mean/std: data (of the training images) | imagenet
     # schedule
     epochs: int = 200
+    # minutes the run may take (None = off): the step rate is measured on the first steps and
+    # `epochs` set to end inside it (budgetnet.training.budget); config.yaml records the epochs
+    time_budget: float | None = None
     batch_size: int = 128  # images per optimizer step, over all processes
     opt: str = "sgd"  # sgd | adam | adamw | muon (Muon for conv filters, SGD for the rest)
     lr: float = 0.1  # peak learning rate per `lr_base_size` images in a batch (linear scaling)
@@ -90,6 +95,10 @@ class TrainConfig:
     reprob: float = 0.25  # RandomErasing probability per image
     remode: str = "pixel"  # RandomErasing fill: const (the mean colour) | rand | pixel
     cutout: int = 0  # erase a cutout x cutout pixel square instead of a random rectangle (0 = off)
+    # Gaussian-noise augmentation (shift robustness): this fraction of every batch gets pixel
+    # noise of a standard deviation drawn per image from U(0, noise_std), in [0, 1] pixel units
+    noise_prob: float = 0.0
+    noise_std: float = 0.1
     mixup: float = 0.0  # Mixup alpha (0 = off)
     cutmix: float = 0.0  # CutMix alpha (0 = off)
     mixup_prob: float = 1.0  # probability of applying Mixup/CutMix to a batch
@@ -211,6 +220,8 @@ def _check(config: TrainConfig) -> TrainConfig:
         "color_jitter_prob",
         "grayscale_prob",
         "affine_translate",
+        "noise_prob",
+        "noise_std",
     ):
         if not 0 <= getattr(config, key) <= 1:
             raise UserError(f"{key} must be in [0, 1], got {getattr(config, key)}")
@@ -220,6 +231,8 @@ def _check(config: TrainConfig) -> TrainConfig:
         raise UserError(f"cutout must be in [0, {IMAGE_SIZE}) pixels, got {config.cutout}")
     if config.cutout and not config.reprob:
         raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
+    if config.time_budget is not None and not 0 < config.time_budget <= 100_000:
+        raise UserError(f"time_budget must be in (0, 100000] minutes, got {config.time_budget}")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
         raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
     parse_train_splits(config.train_splits)

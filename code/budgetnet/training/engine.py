@@ -40,7 +40,7 @@ from budgetnet.models.builder import build
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.models.whitening import init_whitening, sample_images
 from budgetnet.runtime import amp_dtype, autocast, configure_cpu, precision_name, resolve_device
-from budgetnet.training import distributed
+from budgetnet.training import budget, distributed
 from budgetnet.training.augment import (
     BatchAugment,
     augmented_samples,
@@ -226,14 +226,10 @@ def setup(
         device = torch.device("cuda", ddp.local_rank)
     runtime = _runtime(config, device)  # threads and allocator first: they speed up the rest
     seed_everything(config.seed + ddp.rank)
-    splits = splits or load_splits(
-        config.data,
-        val_size=config.val_size,
-        max_per_class=config.max_per_class,
-        seed=config.seed,
-        train_splits=config.train_splits,
-    )
+    splits = splits or load_data(config)
     splits = replace(splits, normalization=normalization(config, splits))
+    if config.val_size is None:  # the run records the count the default held out
+        config = replace(config, val_size=splits.notes.get("val_size", 0))
     if spec.num_classes != len(splits.train.classes):
         log(f"model: num_classes set to {len(splits.train.classes)} from the data")
         spec = replace(spec, num_classes=len(splits.train.classes))
@@ -258,6 +254,17 @@ def setup(
         whitened_stem(model, spec), WeightAverage(model, config) if config.swa else None,
         init_seconds, runtime, log,
     )  # fmt: skip
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The splits `config` asks for (train, validation held out from it, test)."""
+    return load_splits(
+        config.data,
+        val_size=config.val_size,
+        max_per_class=config.max_per_class,
+        seed=config.seed,
+        train_splits=config.train_splits,
+    )
 
 
 def _runtime(config: TrainConfig, device: torch.device) -> str:
@@ -585,11 +592,15 @@ def fit(
     (the budget search reuses one load for many runs)."""
     from torchvision.utils import save_image
 
+    started = time.perf_counter()
+    ddp = distributed.init_distributed(config.device)
+    tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
+    if config.time_budget is not None and resume is None:
+        splits = splits or load_data(config)
+        config = _fit_budget(config, spec, splits, ddp, started, log)
     config, note = short_run_warmup(config)
     if note:
         log(note)
-    ddp = distributed.init_distributed(config.device)
-    tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
     s = setup(config, spec, splits, initialise=resume is None, log=log, ddp=ddp)
     run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(s.spec)))
     if resume is not None:
@@ -619,6 +630,18 @@ def fit(
             tracker.finish(results)
     distributed.teardown(s.ddp.world)
     return results
+
+
+def _fit_budget(
+    config: TrainConfig, spec: ResNetSpec, splits: DataSplits, ddp, started: float, log
+) -> TrainConfig:
+    """`config` with the epochs that fit its time budget, timed on a scratch session that is
+    then dropped (the real run is seeded afresh, so it trains as `--epochs N` would)."""
+    quiet = lambda line: None  # noqa: E731 - the real setup says it all once
+    scratch = setup(config, spec, splits, initialise=False, log=quiet, ddp=ddp)
+    resolved = budget.resolve_epochs(scratch, train_step, started, log=log if ddp.main else quiet)
+    del scratch
+    return resolved
 
 
 def _start_line(s: Session, parameters: int, run_dir: Path) -> str:
