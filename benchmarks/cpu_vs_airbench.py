@@ -40,6 +40,9 @@ from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
 from budgetnet.tables import markdown_table  # noqa: E402
 
 TTA = 2
+# A run below this test accuracy is a broken adaptation (chance is 10%), never a result: its
+# row is refused rather than printed beside working systems.
+CHANCE_FLOOR = 0.3
 
 
 def write_airbench_data(data: str, workdir: Path) -> None:
@@ -80,7 +83,20 @@ def airbench_run(version: str, seed: int, workdir: Path, log, mallopt: bool = Fa
         log,
     )  # fmt: skip
     row = json.loads(out.strip().splitlines()[-1])
-    return {**row, "process_seconds": seconds}
+    return checked({**row, "process_seconds": seconds}, log)
+
+
+def checked(row: dict, log) -> dict:
+    """`row`, unless its accuracy is near chance: then one line, and the benchmark stops."""
+    accuracy = row[f"test_acc_tta{TTA}"]
+    if accuracy < CHANCE_FLOOR:
+        message = (
+            f"refused: {row['system']} seed {row['seed']} reached {100 * accuracy:.2f}% (TTA "
+            f"{TTA}), near chance; its adaptation is broken, so no row or ratio is printed"
+        )
+        log.write(message + "\n")
+        sys.exit(message)
+    return row
 
 
 def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
@@ -92,7 +108,7 @@ def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
     )  # fmt: skip
     results = read_json(run_dir / "results.json")
     spec = ResNetSpec.from_dict(read_config(run_dir)["model"])
-    return {
+    row = {
         "system": f"budgetnet {preset}",
         "seed": seed,
         "test_acc_tta0": results["test_acc_tta0"],
@@ -102,6 +118,7 @@ def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
         "params": count_params(spec),
         "flops": count_flops(spec).flops,
     }
+    return checked(row, log)
 
 
 def summarise(rows: list[dict], reference: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from budgetnet.data import sources as data
@@ -295,6 +296,25 @@ def test_split_is_stratified_seeded_and_disjoint():
     assert len(none) == 0 and len(train_all) == 750
     with pytest.raises(UserError, match="does not fit"):
         split_train_val(labels, 745, seed=0)
+
+
+@pytest.mark.parametrize("count,expected", [(2000, 200), (50_000, 5000), (80_000, 5000)])
+def test_the_default_validation_split_is_a_tenth_of_the_data_at_most_5000(count, expected):
+    labels = np.arange(count) % 10
+    assert len(split_train_val(labels, None, seed=0)[1]) == expected
+
+
+def test_a_small_subset_trains_with_the_default_validation_split(cifar, tmp_path, run_main):
+    """`--max-per-class 20 --epochs 1` on its own: no --val-size needed (the old default of
+    5,000 did not fit a small subset)."""
+    run = tmp_path / "run"
+    flags = ["--data", str(cifar), "--max-per-class", "20", "--epochs", "1", "--run-dir", str(run)]
+    flags += ["--blocks", "1", "1", "--channels", "8", "16", "--batch-size", "32", "--aa", ""]
+    result = run_main("code/train.py", *flags, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "180 train / 20 val images" in result.stdout
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["config"]["val_size"] == recorded["data"]["val_size"] == 20
 
 
 def test_split_rounds_uneven_shares_to_the_exact_count():

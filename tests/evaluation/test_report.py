@@ -256,6 +256,6 @@ def test_evaluate_refuses_an_unknown_corruption_in_one_line(tmp_path, run_main):
     result = run_main("code/evaluate.py", "--checkpoint", str(tmp_path), "--corruptions", "snow")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown corruption 'snow'; known: gaussian_noise, gaussian_blur, contrast, "
-        "brightness, pixelate, jpeg, fog, saturate"
+        "error: unknown corruption 'snow'; known: gaussian_noise, shot_noise, impulse_noise, "
+        "gaussian_blur, contrast, brightness, pixelate, jpeg, fog, saturate"
     ]

@@ -312,3 +312,44 @@ print(json.dumps({{"dtype": str(next(net.parameters()).dtype), "device": str(x.d
     assert row["shape"] == [32, 10] and row["ms"] > 0 and row["timed"] == 1
     ours = build(model_spec("fastres_s"))  # the same layers plus identity shortcuts
     assert row["params"] == sum(p.numel() for p in ours.parameters())
+
+
+def test_airbench_adapter_autocasts_each_forward_so_every_step_sees_new_weights():
+    """One autocast region around all of airbench's train() ran every step on the first step's
+    bf16 weights (autocast caches its casts until the region exits): the benchmark's airbench
+    reached 10%. The adapter opens a region per forward pass instead."""
+    pytest.importorskip("airbench")
+    code = f"""
+import json, sys, torch
+sys.path.insert(0, {str(REPO / "benchmarks")!r})
+import airbench_cpu
+airbench_cpu.adapt_to_cpu()
+import airbench
+net = airbench_cpu.autocast_net(airbench.make_net94)()
+seen = []
+net[2].conv1.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+x = torch.randn(4, 3, 32, 32)
+before = net(x)
+with torch.no_grad():
+    net[2].conv1.weight.mul_(-1)
+after = net(x)
+print(json.dumps({{"out": str(before.dtype), "conv": seen, "changed": not torch.equal(before, after),
+    "indexed": type(net[0]).__name__}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row == {
+        "out": "torch.float32", "conv": ["torch.bfloat16"] * 2, "changed": True, "indexed": "Conv",
+    }  # fmt: skip
+
+
+def test_benchmark_refuses_a_row_near_chance(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cpu_vs_airbench
+
+    log = (tmp_path / "log").open("w")
+    row = {"system": "airbench94", "seed": 0, "test_acc_tta2": 0.1}
+    with pytest.raises(SystemExit, match="airbench94 seed 0 reached 10.00% .* near chance"):
+        cpu_vs_airbench.checked(row, log)
+    assert cpu_vs_airbench.checked({**row, "test_acc_tta2": 0.9}, log)["test_acc_tta2"] == 0.9

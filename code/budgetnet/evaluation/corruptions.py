@@ -32,6 +32,20 @@ def _gaussian_noise(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np
     return x + rng.normal(scale=sigma, size=x.shape).astype(x.dtype)
 
 
+def _shot_noise(x: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson (photon) noise: each pixel counts `photons` x its value, so dark pixels get
+    relatively more noise."""
+    return (rng.poisson(x * photons) / photons).astype(x.dtype)
+
+
+def _impulse_noise(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Salt and pepper (skimage's random_noise "s&p"): a fraction `amount` of the values, each
+    colour channel on its own, set to 0 or 1 with equal odds."""
+    hit = rng.random(x.shape) < amount
+    salt = rng.random(x.shape) < 0.5
+    return np.where(hit, salt.astype(x.dtype), x)
+
+
 def _gaussian_blur(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """skimage's `gaussian` (scipy's filter): truncated at 4 sigma, edges repeated."""
     radius = int(4 * sigma + 0.5)
@@ -142,6 +156,8 @@ class Corruption:
 
 CORRUPTIONS: dict[str, Corruption] = {
     "gaussian_noise": Corruption(_gaussian_noise, (0.04, 0.06, 0.08, 0.09, 0.10)),
+    "shot_noise": Corruption(_shot_noise, (500, 250, 100, 75, 50)),
+    "impulse_noise": Corruption(_impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07)),
     "gaussian_blur": Corruption(_gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0)),
     "contrast": Corruption(_contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),
     "brightness": Corruption(_brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),

@@ -1,0 +1,87 @@
+"""The batch augmentations for shift robustness at exact values on seeded batches: Gaussian
+noise (fraction and scale), RandomErasing (areas), Mixup (weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from budgetnet.errors import UserError
+from budgetnet.training.augment import BatchAugment, gaussian_noise
+from budgetnet.training.config import TrainConfig, merge
+
+from tiny import NORM
+
+CPU = torch.device("cpu")
+
+
+def grey_batch(count: int = 40) -> torch.Tensor:
+    return torch.full((count, 3, 32, 32), 128, dtype=torch.uint8)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """A normalised batch back in [0, 1] pixel units."""
+    return x * 0.25 + 0.5  # NORM: mean 0.5, std 0.25
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_noise_reaches_exactly_its_fraction_of_the_batch_at_most_at_its_scale(fraction):
+    torch.manual_seed(0)
+    config = TrainConfig(reprob=0, noise_prob=fraction, noise_std=0.1)
+    clean, _ = BatchAugment(TrainConfig(reprob=0), NORM, 10, None, CPU)(grey_batch(), None)
+    noisy, _ = BatchAugment(config, NORM, 10, None, CPU)(grey_batch(), None)
+    changed = (noisy != clean).flatten(1).any(1)
+    assert changed.sum() == round(fraction * 40)
+    assert torch.equal(noisy[~changed], clean[~changed])  # the rest stay clean
+    residual = (pixels(noisy) - pixels(clean))[changed].flatten(1)
+    spread = residual.std(1)  # the drawn sigma of each image (a grey image never clips here)
+    assert spread.max() < 0.1 * 1.06 and spread.min() < 0.04  # U(0, 0.1): small and large
+    assert residual.mean(1).abs().max() < 0.01  # zero-mean
+    assert noisy.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_noise_is_clipped_to_the_valid_pixel_range_and_seeded():
+    x = (torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5) / 0.25
+    torch.manual_seed(3)
+    first = gaussian_noise(x, 1.0, 1.0, NORM)
+    torch.manual_seed(3)
+    assert torch.equal(first, gaussian_noise(x, 1.0, 1.0, NORM))
+    values = pixels(first)
+    assert values.min() >= -1e-6 and values.max() <= 1 + 1e-6
+    assert (values.isclose(torch.tensor(0.0), atol=1e-6)).any()  # strong noise hits the edges
+    assert torch.equal(gaussian_noise(x, 0.0, 1.0, NORM), x)
+
+
+def test_random_erasing_cuts_areas_within_timms_range():
+    torch.manual_seed(0)
+    config = TrainConfig(reprob=1.0, remode="const")
+    x, _ = BatchAugment(config, NORM, 10, None, CPU)(
+        torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), None
+    )
+    area = (x == 0).all(dim=1).flatten(1).float().mean(1)  # the mean colour is 0 after NORM
+    assert (area >= 0.02 - 1 / 1024).all() and (area <= 1 / 3 + 1 / 32).all()
+    assert area.std() > 0.02  # drawn per image
+
+
+def test_mixup_blends_each_image_with_its_mirror_in_the_batch_by_one_weight():
+    np.random.seed(0)  # timm draws the weight with NumPy
+    images = torch.arange(8, dtype=torch.uint8).mul(30).view(8, 1, 1, 1).expand(8, 3, 4, 4)
+    labels = torch.arange(8)
+    config = TrainConfig(reprob=0, mixup=1.0, smoothing=0.0)
+    x, target = BatchAugment(config, NORM, 10, None, CPU)(images.contiguous(), labels)
+    value = pixels(x)[:, 0, 0, 0]
+    own = images[:, 0, 0, 0].float() / 255
+    lam = ((value[0] - own[7]) / (own[0] - own[7])).item()
+    assert 0 < lam < 1
+    assert torch.allclose(value, lam * own + (1 - lam) * own.flip(0), atol=1e-5)
+    expected = lam * torch.eye(10)[labels] + (1 - lam) * torch.eye(10)[labels.flip(0)]
+    assert torch.allclose(target, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key,value", [("noise_prob", 1.5), ("noise_prob", -0.1), ("noise_std", 2.0)]
+)
+def test_noise_settings_outside_their_range_are_refused(key, value):
+    with pytest.raises(UserError, match=key):
+        merge(TrainConfig(), {key: value}, "test")
