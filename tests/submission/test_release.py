@@ -154,3 +154,32 @@ def test_shipped_release_labels_real_test_images(shared_cifar10, tmp_path, run_m
     assert list(written_ids) == list(ids)
     accuracy = float((np.asarray(predicted) == labels).mean())
     assert accuracy > 0.85, accuracy  # 500 test images; the release scores about 90% at TTA 0
+
+
+def test_results_table_keeps_rows_measured_before_a_corruption_joined_the_sweep():
+    from budgetnet.submission.publish import results_markdown
+
+    def row(name, corruptions):
+        return {
+            "run": name, "model": "m", "parameters": 1, "flops": 1, "epochs": 1,
+            "train_seconds": 1.0, "device": "cpu", "val_size": 0, "test_acc": {"0": 0.5},
+            "corruption_images": 10, "corruption_clean": 0.9, "corruptions": corruptions,
+            "seed": 0, "git_revision": "abc", "command": "train.py",
+        }  # fmt: skip
+
+    old = row("old", {"fog": 0.5, "jpeg": 0.7})
+    new = row("new", {"fog": 0.6, "shot_noise": 0.2, "jpeg": 0.8})
+    text = results_markdown([old, new], "new", ["publish.py"])
+    header = next(line for line in text.splitlines() if line.startswith("| run ") and "fog" in line)
+    assert [c.strip() for c in header.strip("|").split("|")][3:] == [
+        "fog", "jpeg", "shot_noise", "mean (of the 2 every row has)"
+    ]  # fmt: skip
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][3:]
+        for line in text.splitlines()
+        if line.startswith(("| old ", "| new ")) and "cpu" not in line
+    }
+    assert cells == {
+        "old": ["50.00", "70.00", "n/a", "60.00"],
+        "new": ["60.00", "80.00", "20.00", "70.00"],
+    }

@@ -184,12 +184,15 @@ def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> 
         )
         for r in rows
     ]  # fmt: skip
-    names = list(rows[0]["corruptions"]) if rows else []
+    # Rows measured before a corruption joined the sweep lack it: n/a there, and the mean is
+    # over the corruptions every row has, so the means stay comparable.
+    names = list(dict.fromkeys(n for r in rows for n in r["corruptions"]))
+    shared = [n for n in names if all(n in r["corruptions"] for r in rows)]
     robust = [
         (
             r["run"], r["corruption_images"], percent(r["corruption_clean"]),
-            *(percent(r["corruptions"][n]) for n in names),
-            percent(statistics.mean(r["corruptions"].values())),
+            *(percent(r["corruptions"].get(n)) for n in names),
+            percent(statistics.mean(r["corruptions"][n] for n in shared)),
         )
         for r in rows
     ]  # fmt: skip
@@ -209,7 +212,9 @@ def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> 
         f"{', '.join(map(str, DEFAULT_SEVERITIES))}, on a stratified sample of the test split "
         "(`code/evaluate.py --corruptions`):",
         "",
-        markdown_table(["run", "images", "clean", *names, "mean"], robust),
+        markdown_table(
+            ["run", "images", "clean", *names, "mean" + _mean_note(names, shared)], robust
+        ),
         "",
         "## Commands",
         "",
@@ -219,6 +224,10 @@ def results_markdown(rows: list[dict], release: str | None, argv: list[str]) -> 
         "[results/](results/); its figures are in [plots/](../plots/).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _mean_note(names: list[str], shared: list[str]) -> str:
+    return "" if shared == names else f" (of the {len(shared)} every row has)"
 
 
 def read_rows(results_dir: Path) -> list[dict]:
