@@ -12,6 +12,7 @@ import yaml
 
 from budgetnet.data.kaggle import kaggle_style, write_unlabeled_pickle
 from budgetnet.data.sources import load_split
+from budgetnet.evaluation.corruptions import CORRUPTIONS
 from budgetnet.models.checkpoint import load_release
 from budgetnet.models.complexity import count_params
 from budgetnet.submission.csv_file import read_submission
@@ -72,7 +73,7 @@ def test_publish_makes_the_release_plots_and_results_table(fast_run, cifar, tmp_
     rows = json.loads((folder / "runs.json").read_text())
     report = json.loads((folder / "evaluation-test.json").read_text())
     assert len(rows) == 1 and rows[0]["test_acc"]["2"] == report["tta"][-1]["acc"]
-    assert len(rows[0]["corruptions"]) == 8 and rows[0]["corruption_images"] == 20
+    assert len(rows[0]["corruptions"]) == len(CORRUPTIONS) and rows[0]["corruption_images"] == 20
     text = results.read_text()
     assert "The release in `trained_model/` is **fast-tiny**" in text and "| fast-tiny" in text
 
