@@ -48,8 +48,9 @@ from cpu_vs_airbench import TTA, airbench_run, checked, run, write_airbench_data
 NOISES = [name for name in CORRUPTIONS if name.endswith("_noise")]
 
 
-def preset_row(preset: str, seed: int, args, runs: Path, log) -> dict:
-    """Train `preset` with `seed`; its validation, test and corruption scores and its cost."""
+def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
+    """Train `preset` with `seed`; its validation, test and corruption scores (the sweep on
+    `test`, the test split) and its cost."""
     run_dir = runs / f"{preset}-seed{seed}"
     _, seconds = run(
         [sys.executable, "code/train.py", "--preset", preset, "--data", args.data,
@@ -61,7 +62,7 @@ def preset_row(preset: str, seed: int, args, runs: Path, log) -> dict:
     spec = ResNetSpec.from_dict(record["model"])
     ensemble = load_ensemble([run_dir], torch.device("cpu"))
     sweep = corruption_report(
-        ensemble, load_split(args.data, "test"), list(CORRUPTIONS), list(DEFAULT_SEVERITIES),
+        ensemble, test, list(CORRUPTIONS), list(DEFAULT_SEVERITIES),
         sample_size=args.corruption_images, seed=0, tta=0,
     )  # fmt: skip
     row = {
@@ -161,10 +162,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, args.out.with_suffix(".log").open("a") as log:
         log.write(f"\n# {' '.join(sys.argv)}\n# {header}\n")
         write_airbench_data(args.data, Path(tmp))
+        test = load_split(args.data, "test")
         runs = args.runs or Path(tmp) / "runs"
         for seed in args.seeds:  # seed-major, so a long run still covers every system
             for preset in args.presets:
-                rows.append(preset_row(preset, seed, args, runs, log))
+                rows.append(preset_row(preset, seed, args, test, runs, log))
                 print(json.dumps(rows[-1]), flush=True)
             for version in args.airbench:
                 rows.append(airbench_run(version, seed, Path(tmp), log))

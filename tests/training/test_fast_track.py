@@ -353,3 +353,30 @@ def test_benchmark_refuses_a_row_near_chance(tmp_path):
     with pytest.raises(SystemExit, match="airbench94 seed 0 reached 10.00% .* near chance"):
         cpu_vs_airbench.checked(row, log)
     assert cpu_vs_airbench.checked({**row, "test_acc_tta2": 0.9}, log)["test_acc_tta2"] == 0.9
+
+
+def test_recipes_table_gives_each_system_its_columns_and_time_ratio():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import recipes
+
+    common = {"precision": "float32", "params": 10, "flops": 2e6, "test_acc_tta0": 0.8}
+    peer = {**common, "system": "airbench94", "epochs": 9.9, "test_acc_tta2": 0.9}
+    ours = {
+        **common, "system": "budgetnet fast", "epochs": 10, "val_acc": 0.88,
+        "test_acc_tta2": 0.91, "corruption_mean": 0.7,
+        **{name: 0.5 for name in recipes.NOISES},
+    }  # fmt: skip
+    rows = [
+        {**ours, "seed": 0, "train_seconds": 50.0}, {**ours, "seed": 1, "train_seconds": 70.0},
+        {**peer, "seed": 0, "train_seconds": 120.0}, {**peer, "seed": 1, "train_seconds": 120.0},
+    ]  # fmt: skip
+    lines = recipes.summarise(rows, "airbench94").splitlines()
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in lines[2:]
+    }
+    assert list(cells) == ["airbench94", "budgetnet fast"]  # the reference first
+    assert cells["airbench94"][3] == "—" and cells["airbench94"][-1] == "1.00"
+    assert cells["budgetnet fast"][3] == "88.00 ± 0.00" and cells["budgetnet fast"][-1] == "0.50"
+    assert cells["budgetnet fast"][5] == "91.00 ± 0.00"
+    recipes.time_figure(rows)  # draws without a display

@@ -87,7 +87,7 @@ def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _statistics(
+def channel_statistics(
     normalization: Normalization, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: building them per batch
@@ -106,7 +106,7 @@ def normalize(
     """uint8 (N, 3, H, W) -> float32, scaled to [0, 1], standardised per channel, resized to
     `size` pixels if given and different (the 224 px ImageNet-style presets), in channels_last
     memory order unless `channels_last` is False (faster convolutions with cuDNN and oneDNN)."""
-    mean, std = _statistics(normalization, batch.device, torch.get_default_dtype())
+    mean, std = channel_statistics(normalization, batch.device, torch.get_default_dtype())
     x = (batch.float() / 255.0 - mean) / std
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

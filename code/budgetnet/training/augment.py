@@ -22,7 +22,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
+from budgetnet.data.normalization import (
+    Normalization,
+    as_uint8_nchw,
+    channel_statistics,
+    normalize,
+)
 from budgetnet.data.sources import IMAGE_SIZE
 from budgetnet.errors import UserError
 from budgetnet.training.config import JSD_SPLITS, TrainConfig
@@ -294,8 +299,7 @@ def gaussian_noise(
     count = round(fraction * len(x))
     if not count or not max_std:
         return x
-    mean = torch.tensor(normalization.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(normalization.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = channel_statistics(normalization, x.device, x.dtype)
     chosen = torch.randperm(len(x), device=x.device)[:count]
     sigma = torch.rand(count, 1, 1, 1, device=x.device, dtype=x.dtype) * max_std
     pixels = x[chosen] * std + mean

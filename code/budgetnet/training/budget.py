@@ -14,10 +14,13 @@ measures again: config.yaml records the resolved epochs beside the budget.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
+
+import torch
 
 from budgetnet.errors import UserError
 from budgetnet.evaluation.infer import infer, view_count
@@ -32,8 +35,6 @@ VAL_SAMPLE = 512  # validation images timed to estimate one validation pass
 class Estimate(NamedTuple):
     epochs: int
     step_seconds: float  # one optimizer step
-    image_seconds: float  # inferring one image (no TTA)
-    measure_seconds: float  # what measuring itself took, counted against the budget
 
     def note(self, budget_minutes: float, steps_per_epoch: int) -> str:
         epoch_minutes = steps_per_epoch * self.step_seconds / 60
@@ -89,7 +90,7 @@ def epochs_within(
             f"min here and {max(left, 0) / 60:.1f} min are left after measuring; raise "
             "--time-budget or shrink the model or data"
         )
-    return Estimate(epochs, step_seconds, image_seconds, measured)
+    return Estimate(epochs, step_seconds)
 
 
 def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
@@ -130,8 +131,8 @@ def _time_inference(session, clock: Callable[[], float]) -> float:
     s = session
     source = s.splits.val if s.splits.val is not None else s.splits.train
     images = source.images[:VAL_SAMPLE]
-    run = lambda batch: infer(  # noqa: E731
-        s.model, batch, s.splits.normalization, device=s.device, amp=s.config.amp
+    run = functools.partial(
+        infer, s.model, normalization=s.splits.normalization, device=s.device, amp=s.config.amp
     )
     run(images[:32])
     start = clock()
@@ -139,8 +140,6 @@ def _time_inference(session, clock: Callable[[], float]) -> float:
     return (clock() - start) / len(images)
 
 
-def _synchronize(device) -> None:
-    import torch
-
+def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
