@@ -14,7 +14,10 @@ columns. Training seconds are timed as airbench times them. Keep the machine oth
 
 Writes OUT.md (one table: mean +- std over the seeds, medians of seconds, the time ratio to the
 first airbench version), OUT.png (test accuracy against training minutes) and OUT.json (every
-run's row); each run's output is appended to OUT.log.
+run's row); each run's output is appended to OUT.log. All three are rewritten after every run,
+so an interrupted benchmark keeps what it finished: `--resume` runs only the missing (system,
+seed) pairs, and with `--runs DIR` a preset run found finished there is scored again rather
+than retrained, one found unfinished continues with train.py's exact `--resume`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES  # 
 from budgetnet.evaluation.ensemble import load_ensemble  # noqa: E402
 from budgetnet.evaluation.figures import save_figure  # noqa: E402
 from budgetnet.evaluation.report import corruption_report  # noqa: E402
+from budgetnet.files import atomic_write  # noqa: E402
 from budgetnet.models.complexity import count_flops, count_params  # noqa: E402
 from budgetnet.models.spec import ResNetSpec  # noqa: E402
 from budgetnet.runs import read_config, read_json  # noqa: E402
@@ -52,11 +56,15 @@ def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
     """Train `preset` with `seed`; its validation, test and corruption scores (the sweep on
     `test`, the test split) and its cost."""
     run_dir = runs / f"{preset}-seed{seed}"
-    _, seconds = run(
-        [sys.executable, "code/train.py", "--preset", preset, "--data", args.data,
-         "--seed", str(seed), "--tta", str(TTA), "--run-dir", str(run_dir), *args.train_flags],
-        log,
-    )  # fmt: skip
+    seconds = None  # a run finished before this benchmark started has no process time here
+    if not (run_dir / "results.json").is_file():
+        # An interrupted run continues exactly where it stopped (train.py's --resume).
+        command = (
+            ["--resume", str(run_dir)] if (run_dir / "config.yaml").is_file()
+            else ["--preset", preset, "--data", args.data, "--seed", str(seed), "--tta",
+                  str(TTA), "--run-dir", str(run_dir), *args.train_flags]
+        )  # fmt: skip
+        _, seconds = run([sys.executable, "code/train.py", *command], log)
     results = read_json(run_dir / "results.json")
     record = read_config(run_dir)
     spec = ResNetSpec.from_dict(record["model"])
@@ -98,6 +106,9 @@ def summarise(rows: list[dict], reference: str) -> str:
         s: statistics.median(r["train_seconds"] for r in rows if r["system"] == s) for s in systems
     }
 
+    def ratio(system: str) -> str:  # a partial benchmark may not have its reference yet
+        return f"{seconds[system] / seconds[reference]:.2f}" if reference in seconds else "—"
+
     def column(mine: list[dict], key: str) -> str:
         return _mean_std([100 * r[key] for r in mine if r.get(key) is not None])
 
@@ -109,7 +120,7 @@ def summarise(rows: list[dict], reference: str) -> str:
              column(mine, "test_acc_tta0"), column(mine, f"test_acc_tta{TTA}"),
              column(mine, "corruption_mean"), *(column(mine, name) for name in NOISES),
              round(seconds[system]), mine[0]["precision"], f"{mine[0]['params']:,}",
-             f"{mine[0]['flops'] / 1e6:.0f}M", f"{seconds[system] / seconds[reference]:.2f}")
+             f"{mine[0]['flops'] / 1e6:.0f}M", ratio(system))
         )  # fmt: skip
     header = [
         "system", "seeds", "epochs", "val acc (%)", "test TTA 0 (%)", f"test TTA {TTA} (%)",
@@ -149,6 +160,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/recipes"))
     parser.add_argument("--runs", type=Path, help="keep the run directories here")
     parser.add_argument(
+        "--resume", action="store_true",
+        help="keep OUT.json's rows and run only the missing (system, seed) pairs; with --runs, "
+        "finished run directories are scored again and interrupted ones continue",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-flags", nargs=argparse.REMAINDER, default=[],
         help="passed to every train.py run (last; e.g. --epochs 1 for a smoke test)",
     )  # fmt: skip
@@ -156,9 +172,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"{datetime.date.today()}, {cpu_model()}, {cpu_count()} cores, torch {torch.__version__},"
-        f" {precision_name(torch.device('cpu'))}; seeds {args.seeds}"
+        f" {precision_name(torch.device('cpu'))}"
     )
-    rows = []
+    done_file = args.out.with_suffix(".json")
+    rows = read_json(done_file)["rows"] if args.resume and done_file.is_file() else []
+    done = {(row["system"], row["seed"]) for row in rows}
+    reference = f"airbench{args.airbench[0]}"
     with tempfile.TemporaryDirectory() as tmp, args.out.with_suffix(".log").open("a") as log:
         log.write(f"\n# {' '.join(sys.argv)}\n# {header}\n")
         write_airbench_data(args.data, Path(tmp))
@@ -166,16 +185,25 @@ def main() -> None:
         runs = args.runs or Path(tmp) / "runs"
         for seed in args.seeds:  # seed-major, so a long run still covers every system
             for preset in args.presets:
-                rows.append(preset_row(preset, seed, args, test, runs, log))
-                print(json.dumps(rows[-1]), flush=True)
+                if (f"budgetnet {preset}", seed) not in done:
+                    rows.append(preset_row(preset, seed, args, test, runs, log))
+                    report(rows, reference, header, args.out)
             for version in args.airbench:
-                rows.append(airbench_run(version, seed, Path(tmp), log))
-                print(json.dumps(rows[-1]), flush=True)
-    table = summarise(rows, f"airbench{args.airbench[0]}")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text(f"{header}\n\n{table}\n")
-    save_figure(time_figure(rows), args.out.with_suffix(".png"))
-    print(f"\n{header}\n\n{table}")
+                if (f"airbench{version}", seed) not in done:
+                    rows.append(airbench_run(version, seed, Path(tmp), log))
+                    report(rows, reference, header, args.out)
+    print(f"\n{header}\n\n{summarise(rows, reference)}")
+
+
+def report(rows: list[dict], reference: str, header: str, out: Path) -> None:
+    """The newest row on stdout; OUT.json, OUT.md and OUT.png rewritten, each whole under a
+    temporary name and renamed, so that an interrupted benchmark keeps every finished row."""
+    print(json.dumps(rows[-1]), flush=True)
+    for suffix, text in ((".json", json.dumps({"machine": header, "rows": rows}, indent=1)),
+                         (".md", f"{header}\n\n{summarise(rows, reference)}\n")):  # fmt: skip
+        with atomic_write(out.with_suffix(suffix)) as handle:
+            handle.write(text)
+    save_figure(time_figure(rows), out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -380,3 +380,39 @@ def test_recipes_table_gives_each_system_its_columns_and_time_ratio():
     assert cells["budgetnet fast"][3] == "88.00 ± 0.00" and cells["budgetnet fast"][-1] == "0.50"
     assert cells["budgetnet fast"][5] == "91.00 ± 0.00"
     recipes.time_figure(rows)  # draws without a display
+
+
+def test_recipes_resume_runs_only_missing_pairs_and_keeps_every_finished_row(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import recipes
+
+    trained = []
+    common = {"precision": "float32", "params": 10, "flops": 2e6, "epochs": 1, "val_acc": 0.5}
+
+    def fake_row(system, seed):
+        trained.append((system, seed))
+        if len(trained) == 3:
+            raise KeyboardInterrupt  # the benchmark stops during its third run
+        return {**common, "system": system, "seed": seed, "train_seconds": 10.0 + seed,
+                "test_acc_tta0": 0.6, "test_acc_tta2": 0.7}  # fmt: skip
+
+    monkeypatch.setattr(recipes, "write_airbench_data", lambda data, workdir: None)
+    monkeypatch.setattr(recipes, "load_split", lambda data, split: None)
+    monkeypatch.setattr(recipes, "preset_row", lambda p, s, *a: fake_row(f"budgetnet {p}", s))
+    monkeypatch.setattr(recipes, "airbench_run", lambda v, s, *a: fake_row(f"airbench{v}", s))
+    out = tmp_path / "bench" / "recipes"
+    argv = ["recipes.py", "--presets", "fast", "--seeds", "0", "1", "--out", str(out), "--resume"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        recipes.main()
+    kept = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["system"], r["seed"]) for r in kept] == [("budgetnet fast", 0), ("airbench94", 0)]
+    assert (
+        "budgetnet fast" in out.with_suffix(".md").read_text()
+        and out.with_suffix(".png").stat().st_size
+    )
+
+    trained.clear()
+    recipes.main()  # resumed: only seed 1's pairs run
+    assert trained == [("budgetnet fast", 1), ("airbench94", 1)]
+    assert len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 4
