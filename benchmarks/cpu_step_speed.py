@@ -1,6 +1,7 @@
 """Time one training step of a fast-track network under the CPU settings the engine chooses
 between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch size, and the
-optimizer (Nesterov SGD, or Muon for the convolution filters, `--opt muon`).
+optimizer (Nesterov SGD, or Muon for the convolution filters, `--opt muon`); and, for
+comparison, the same step on airbench94's own network from its package.
 
     python benchmarks/cpu_step_speed.py --model fastres_s --rounds 3
 
@@ -24,14 +25,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "code"))
 
-# name -> (heap reuse, torch.compile, channels_last, batch size, Muon)
+# name -> (heap reuse, torch.compile, channels_last, batch size, Muon, airbench94's own network)
 VARIANTS = {
-    "eager, default allocator": (False, False, True, 1024, False),
-    "eager, heap reuse": (True, False, True, 1024, False),
-    "compiled, heap reuse": (True, True, True, 1024, False),
-    "eager, heap reuse, NCHW": (True, False, False, 1024, False),
-    "eager, heap reuse, batch 512": (True, False, True, 512, False),
-    "eager, heap reuse, Muon": (True, False, True, 1024, True),
+    "eager, default allocator": (False, False, True, 1024, False, False),
+    "eager, heap reuse": (True, False, True, 1024, False, False),
+    "compiled, heap reuse": (True, True, True, 1024, False, False),
+    "eager, heap reuse, NCHW": (True, False, False, 1024, False, False),
+    "eager, heap reuse, batch 512": (True, False, True, 512, False, False),
+    "eager, heap reuse, Muon": (True, False, True, 1024, True, False),
+    # The peer's network from its package, as airbench_cpu.py runs it (float32 weights, each
+    # forward under the same autocast): is our step slower than the network it came from?
+    "airbench94's network, heap reuse": (True, False, True, 1024, False, True),
 }
 
 
@@ -44,10 +48,10 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
     from budgetnet.training.config import merge, recipe_config
     from budgetnet.training.optim import make_optimizer
 
-    mallopt, compiled, channels_last, batch, muon = VARIANTS[variant]
+    mallopt, compiled, channels_last, batch, muon, peer = VARIANTS[variant]
     configure_cpu(0, allocator=mallopt)
     torch.manual_seed(0)
-    model = create_model(model_name)
+    model = airbench94_network() if peer else create_model(model_name)
     x = torch.randn(batch, 3, 32, 32)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -75,6 +79,17 @@ def worker(model_name: str, variant: str, steps: int, warmup: int) -> None:
         step()
         times.append(time.perf_counter() - started)
     print(json.dumps({"images_per_s": batch / statistics.median(times)}))
+
+
+def airbench94_network():
+    """airbench94's `make_net94` from the `airbench` package, built on the CPU in float32."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from airbench_cpu import adapt_to_cpu
+
+    adapt_to_cpu()
+    from airbench.lib_airbench94 import make_net94
+
+    return make_net94()
 
 
 def main() -> None:
