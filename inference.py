@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 
 from budgetnet.cli import add_release_arguments, device_from_arg  # noqa: E402
 from budgetnet.data.kaggle import read_unlabeled_pickle  # noqa: E402
-from budgetnet.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from budgetnet.errors import ArgumentParser, run_cli  # noqa: E402
 from budgetnet.evaluation.ensemble import load_ensemble  # noqa: E402
-from budgetnet.evaluation.infer import TTA_LEVELS, view_count  # noqa: E402
-from budgetnet.files import atomic_write, distinct_paths  # noqa: E402
+from budgetnet.evaluation.infer import TTA_LEVELS, check_finite_probs, view_count  # noqa: E402
+from budgetnet.files import atomic_write, check_output_file, distinct_paths  # noqa: E402
 from budgetnet.runtime import precision_name  # noqa: E402
 from budgetnet.submission.csv_file import check_submission, write_submission  # noqa: E402
 from budgetnet.submission.upload import COMPETITION_ENV, submit  # noqa: E402
@@ -85,9 +85,11 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.save_probs is not None:
         probs_path = Path(args.save_probs) if args.save_probs else out.with_suffix(".probs.npz")
     distinct_paths({"--pkl": args.pkl, "--out": out, "--save-probs": probs_path})
-    for path in filter(None, (out, probs_path)):
-        if path.is_dir():  # refused now, not after the models have run
-            raise UserError(f"{path}: is a directory; give a file name to write")
+    # Refused now, not after the models have run: a directory, a name longer than the file
+    # system allows, a path through a file or a link loop.
+    check_output_file(out, "--out")
+    if probs_path is not None:
+        check_output_file(probs_path, "--save-probs")
     return out, probs_path
 
 
@@ -106,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - start
 
-    if not np.isfinite(probs).all():
-        raise UserError(
-            f"the model gave non-finite probabilities for {int((~np.isfinite(probs)).any(1).sum())}"
-            " images (a broken release?); no CSV written"
-        )
+    check_finite_probs(probs, ensemble.describe())  # as Ensemble.probs checks each member's
     labels = probs.argmax(axis=1)
     # Checked before it replaces anything: a CSV that fails never reaches --out.
     write_submission(

@@ -60,7 +60,7 @@ def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
     if not (run_dir / "results.json").is_file():
         # An interrupted run continues exactly where it stopped (train.py's --resume).
         command = (
-            ["--resume", str(run_dir)] if (run_dir / "config.yaml").is_file()
+            ["--resume", str(run_dir)] if (run_dir / "last.pt").is_file()
             else ["--preset", preset, "--data", args.data, "--seed", str(seed), "--tta",
                   str(TTA), "--run-dir", str(run_dir), *args.train_flags]
         )  # fmt: skip
@@ -68,10 +68,11 @@ def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
     results = read_json(run_dir / "results.json")
     record = read_config(run_dir)
     spec = ResNetSpec.from_dict(record["model"])
-    ensemble = load_ensemble([run_dir], torch.device("cpu"))
+    cpu = torch.device("cpu")
+    ensemble = load_ensemble([run_dir], cpu)
     sweep = corruption_report(
         ensemble, test, list(CORRUPTIONS), list(DEFAULT_SEVERITIES),
-        sample_size=args.corruption_images, seed=0, tta=0,
+        sample_size=args.corruption_images, seed=0, tta=0, batch_size=500, device=cpu,
     )  # fmt: skip
     row = {
         "system": f"budgetnet {preset}",
@@ -169,6 +170,10 @@ def main() -> None:
         "finished run directories are scored again and interrupted ones continue",
     )  # fmt: skip
     parser.add_argument(
+        "--max-new", type=int, metavar="N",
+        help="stop after N new runs (with --resume: a long benchmark in steps)",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-flags", nargs=argparse.REMAINDER, default=[],
         help="passed to every train.py run (last; e.g. --epochs 1 for a smoke test)",
     )  # fmt: skip
@@ -187,15 +192,23 @@ def main() -> None:
         write_airbench_data(args.data, Path(tmp))
         test = load_split(args.data, "test")
         runs = args.runs or Path(tmp) / "runs"
-        for seed in args.seeds:  # seed-major, so a long run still covers every system
-            for preset in args.presets:
-                if (f"budgetnet {preset}", seed) not in done:
-                    rows.append(preset_row(preset, seed, args, test, runs, log))
-                    report(rows, reference, header, args.out)
-            for version in args.airbench:
-                if (f"airbench{version}", seed) not in done:
-                    rows.append(airbench_run(version, seed, Path(tmp), log))
-                    report(rows, reference, header, args.out)
+        pending = [
+            (system, seed)
+            for seed in args.seeds  # seed-major, so a long run still covers every system
+            for system in [
+                *(f"budgetnet {p}" for p in args.presets),
+                *(f"airbench{v}" for v in args.airbench),
+            ]  # fmt: skip
+            if (system, seed) not in done
+        ]
+        for system, seed in pending[: args.max_new]:
+            if system.startswith("airbench"):
+                rows.append(airbench_run(system.removeprefix("airbench"), seed, Path(tmp), log))
+            else:
+                rows.append(
+                    preset_row(system.removeprefix("budgetnet "), seed, args, test, runs, log)
+                )
+            report(rows, reference, header, args.out)
     print(f"\n{header}\n\n{summarise(rows, reference)}")
 
 

@@ -17,6 +17,7 @@ from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, ch
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS
 from budgetnet.evaluation.report import evaluate_ensemble, write_report
+from budgetnet.files import check_output_dir
 
 
 def make_parser() -> ArgumentParser:
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.corruption_images is not None and args.corruption_images < 1:
             raise UserError(f"--corruption-images must be positive, got {args.corruption_images}")
 
+    check_output_dir(args.report_dir, "--report-dir")  # now, not after the evaluation
+    check_output_dir(args.plots_dir, "--plots-dir")
     device = device_from_arg(args.device)
     ensemble = load_ensemble(args.checkpoint, device, args.max_params)
     images = labeled_split(ensemble, args.split, args.data)

@@ -16,7 +16,7 @@ from budgetnet.cli import add_training_arguments, resolve_training
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, positive_int, run_cli
 from budgetnet.evaluation.figures import lr_range_figure, save_figure
-from budgetnet.files import atomic_write
+from budgetnet.files import atomic_write, check_output_file
 from budgetnet.training.lr_range import lr_range_test
 
 
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     add_training_arguments(parser)
     args = parser.parse_args(argv)
     config, spec = resolve_training(args)
+    check_output_file(args.out, "--out")
+    check_output_file(args.out.with_suffix(".csv"), "--out")
     splits = load_splits(
         config.data, val_size=0, max_per_class=config.max_per_class, seed=config.seed
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from budgetnet.data.kaggle import LAYOUTS, kaggle_style, write_unlabeled_pickle
 from budgetnet.data.sources import SPLITS, load_split
 from budgetnet.errors import ArgumentParser, run_cli
-from budgetnet.files import distinct_paths
+from budgetnet.files import check_output_file, distinct_paths
 from budgetnet.submission.csv_file import write_submission
 
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the row order and the ids")
     args = parser.parse_args(argv)
     distinct_paths({"--out": args.out, "--key": args.key})
+    check_output_file(args.out, "--out")  # now, not after the data has loaded
+    check_output_file(args.key, "--key")
     labeled = load_split(args.data, args.split, max_per_class=args.max_per_class)
     images, ids, labels = kaggle_style(labeled, args.seed)
     write_unlabeled_pickle(args.out, images, ids, args.layout)

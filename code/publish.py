@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from budgetnet.errors import ArgumentParser, UserError, run_cli
+from budgetnet.files import check_output_dir, check_output_file
 from budgetnet.submission.publish import publish
 
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.corruption_images < 10:
         raise UserError(f"--corruption-images must be at least 10, got {args.corruption_images}")
+    for flag, folder in (("--out", args.out), ("--plots-dir", args.plots_dir)):
+        check_output_dir(folder, flag)  # now, not after the evaluation
+    check_output_file(args.results, "--results")
     rows = publish(
         args.run,
         out=args.out,

@@ -11,15 +11,23 @@ with code/train.py's recipe (`--train-config FILE.yaml` changes it) and re-ranke
 validation accuracy on the held-out split (trained.csv / trained.md):
 
     python code/search.py --max-params 5e6 --train-top 5 --epochs 10 --data ../shared/data/cifar10
+
+With `--trials N --study NAME`, an Optuna study samples networks under the budget and their
+recipe together, trains each for --epochs (or --time-budget minutes), prunes bad ones after
+any epoch, and resumes or shares the work through its storage (budgetnet.training.study):
+
+    python code/search.py --trials 20 --study s1 --epochs 5 --data ../shared/data/cifar10
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, UserError, run_cli
+from budgetnet.files import check_output_dir
 from budgetnet.models.search import (
     COLUMNS,
     Grid,
@@ -37,26 +45,36 @@ from budgetnet.tables import markdown_table
 from budgetnet.training import config as train_config
 
 
-def train_ranking(candidates, args, out: Path) -> str:
-    """Short training runs of the top candidates on one data load; a Markdown table."""
-    from budgetnet.training.engine import fit, model_name
-
+def training_config(args) -> train_config.TrainConfig:
+    """The settings of the ranking runs (--train-config, then the flags), checked before the
+    search writes anything."""
     overrides = train_config.read_config_file(args.train_config) if args.train_config else {}
     overrides.pop("model", None)  # the model is the candidate
     config = train_config.merge(train_config.TrainConfig(), overrides, "--train-config")
+    flags = {
+        "epochs": args.epochs,
+        "data": args.data,
+        "max_per_class": args.max_per_class,
+        "device": args.device,
+    }
+    config = train_config.merge(config, flags, "flags")  # the epochs checked before they are used
     config = train_config.merge(
-        config,
-        {
-            "epochs": args.epochs,
-            "data": args.data,
-            "max_per_class": args.max_per_class,
-            "device": args.device,
-            "warmup_epochs": min(config.warmup_epochs, args.epochs / 4),
-        },
-        "flags",
+        config, {"warmup_epochs": min(config.warmup_epochs, args.epochs / 4)}, "flags"
     )
     if config.val_size == 0:
         raise UserError("ranking by training needs a validation split (val_size > 0)")
+    return config
+
+
+def train_ranking(
+    candidates, args, out: Path, config: train_config.TrainConfig | None = None
+) -> str:
+    """Short training runs of the top candidates on one data load; a Markdown table.
+    `config`: `training_config(args)`, which main checks before the search writes anything."""
+    from budgetnet.training.engine import fit, model_name
+
+    config = config or training_config(args)
+
     splits = load_splits(
         config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
     )
@@ -75,6 +93,48 @@ def train_ranking(candidates, args, out: Path) -> str:
         f"({len(splits.val)} held-out images, seed {config.seed}):\n\n"
         + markdown_table(header, rows)
     )
+
+
+def run_study(args, max_params: int) -> int:
+    """This worker's share of an Optuna study (budgetnet.training.study)."""
+    from budgetnet.training import study as studies
+
+    config = training_config(args)
+    if args.time_budget is not None:
+        config = train_config.merge(config, {"time_budget": args.time_budget}, "--time-budget")
+    space = studies.SearchSpace.load(args.space, config)
+    # What makes two workers' trials comparable (not the data's path: machines differ).
+    settings = {
+        "max_params": max_params, "epochs": config.epochs, "time_budget": config.time_budget,
+        "max_per_class": config.max_per_class, "val_size": config.val_size,
+        "seed": config.seed, "objective": "best validation accuracy",
+    }  # fmt: skip
+    out = Path(args.out) / args.study
+    check_output_dir(out, "--out")
+    storage = args.storage or studies.default_storage(args.study)
+    pruner = studies.make_pruner(args.pruner, args.prune_after, config.epochs)
+    study = studies.open_study(
+        args.study, storage, space.fingerprint(settings), args.sampler_seed, pruner
+    )
+    splits = load_splits(
+        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+    )
+    print(
+        f"study {args.study}: {len(study.trials)} trials so far; this worker runs "
+        f"{args.trials} of {config.epochs} epochs each (pruner: {args.pruner}), on "
+        f"{len(splits.train)} train / {len(splits.val)} val images"
+    )
+    # A worker stopped with SIGTERM (a scheduler, `kill`) tells the storage its trial failed,
+    # as Ctrl-C does, rather than leaving it running forever.
+    signal.signal(signal.SIGTERM, _interrupt)
+    studies.run_worker(study, space, config, splits, args.trials, max_params, out)
+    written = studies.write_results(study, config, out)
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _one_of(names: tuple[str, ...]) -> str:
@@ -118,12 +178,40 @@ def main(argv: list[str] | None = None) -> int:
     ranking.add_argument("--max-per-class", type=int, help="first N training images per class")
     ranking.add_argument("--train-config", help="YAML of training settings (code/train.py's)")
     ranking.add_argument("--device", default="auto")
+    study = parser.add_argument_group(
+        "an Optuna study that trains (architecture and recipe sampled together; the flags "
+        "above set each trial's data and schedule)"
+    )
+    study.add_argument("--trials", type=int, help="trials this worker runs (turns the study on)")
+    study.add_argument("--study", help="study name; workers given the same name share it")
+    study.add_argument(
+        "--storage", help="database URL (default sqlite:///runs/search/NAME.db; e.g. "
+        "postgresql://user:password@host/db for workers on many machines)",
+    )  # fmt: skip
+    study.add_argument("--space", help="YAML of model: and recipe: dimensions over the default")
+    study.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    study.add_argument(
+        "--prune-after", type=int, default=3, metavar="K",
+        help="median pruner: trials that finish before any is pruned",
+    )  # fmt: skip
+    study.add_argument("--time-budget", type=float, help="minutes per trial (instead of --epochs)")
+    study.add_argument("--sampler-seed", type=int, help="seed of this worker's TPE sampler")
     args = parser.parse_args(argv)
 
-    if args.max_params < 1 or args.max_params != int(args.max_params):
-        raise UserError(f"--max-params must be a whole number >= 1, got {args.max_params:g}")
-    if args.top < 0:
-        raise UserError(f"--top must be >= 0, got {args.top}")
+    if not 1 <= args.max_params <= 1e15 or args.max_params != int(args.max_params):
+        raise UserError(
+            f"--max-params must be a whole number from 1 to 1e15, got {args.max_params:g}"
+        )
+    for flag, value in (("--top", args.top), ("--train-top", args.train_top)):
+        if value < 0:
+            raise UserError(f"{flag} must be >= 0, got {value}")
+    if args.trials is not None:
+        if args.trials < 1 or not args.study:
+            raise UserError("a study needs --trials N >= 1 and --study NAME")
+        if args.prune_after < 0:
+            raise UserError(f"--prune-after must be >= 0, got {args.prune_after}")
+        return run_study(args, int(args.max_params))
+    config = training_config(args) if args.train_top else None  # before anything is written
     keys = load_grid(args.config) if args.config else {}
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Grid)}
     grid = Grid.from_dict({**keys, **{k: v for k, v in flags.items() if v is not None}})
@@ -132,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     candidates = search(grid, max_params)
     text = format_markdown(candidates, grid, max_params, args.top)
     out = Path(args.out)
+    check_output_dir(out, "--out")
     write_csv(out / "candidates.csv", candidates)
     write_markdown(out / "candidates.md", text)
     print(text)
     print(f"\nwrote {out / 'candidates.csv'} and {out / 'candidates.md'}")
     if args.train_top:
-        trained = train_ranking(candidates, args, out)
+        trained = train_ranking(candidates, args, out, config)
         write_markdown(out / "trained.md", trained)
         print(f"\n{trained}\n\nwrote {out / 'trained.md'}")
     return 0

@@ -18,7 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from budgetnet.cli import add_training_arguments, resolve_training, resume_settings
+from budgetnet.cli import (
+    add_training_arguments,
+    check_training_outputs,
+    resolve_training,
+    resume_settings,
+)
 from budgetnet.errors import ArgumentParser, run_cli
 from budgetnet.training.engine import fit
 
@@ -38,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.resume is not None:
         config, spec = resume_settings(args)
+        check_training_outputs(config)
         fit(config, spec, resume=args.resume)
         return 0
     config, spec = resolve_training(args)
+    check_training_outputs(config)
     fit(config, spec, argv=sys.argv[1:] if argv is None else argv)
     return 0
 

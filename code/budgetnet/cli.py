@@ -16,6 +16,7 @@ import torch
 from budgetnet import runs
 from budgetnet.errors import UserError, brief, positive_int, reject_unknown
 from budgetnet.evaluation.infer import BATCH_SIZE
+from budgetnet.files import check_output_dir
 from budgetnet.models.complexity import PARAMETER_BUDGET
 from budgetnet.models.spec import BLOCK_TYPES, SHORTCUTS, STEMS, ResNetSpec
 from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, model_spec
@@ -169,6 +170,14 @@ def resolve_training(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]
         config = merge(config, values, str(path))
     typed = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     return merge(config, typed, "command line"), spec_from_args(args, model)
+
+
+def check_training_outputs(config: TrainConfig) -> None:
+    """--run-dir and --plots-dir refused now, before the data loads, when they cannot be
+    folders (an existing file, a name longer than the file system allows, a link loop)."""
+    for flag, path in (("--run-dir", config.run_dir), ("--plots-dir", config.plots_dir)):
+        if path:
+            check_output_dir(path, flag)
 
 
 def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import reprlib
 import sys
 from collections.abc import Callable
@@ -21,13 +22,20 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def brief(value: Any, limit: int = 40) -> str:
-    """The type and a shortened repr of `value`, for error messages: never the whole value."""
+def shown(value: Any, limit: int = 40) -> str:
+    """A shortened repr of `value` for error messages, built without ever formatting the whole
+    value (nested lists a few levels deep and a few items wide, so a YAML alias bomb stays a
+    few bytes); "..." where even that fails (an int too long to print)."""
     try:
         text = _REPR.repr(value)
-    except Exception:  # a repr that fails (an int too long to print) still names the type
+    except Exception:
         text = "..."
-    return f"{type(value).__name__} {shorten(text, limit)}"
+    return shorten(text, limit)
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """The type and a shortened repr of `value`, for error messages: never the whole value."""
+    return f"{type(value).__name__} {shown(value, limit)}"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -63,13 +71,39 @@ def positive_int(text: str) -> int:
     return value
 
 
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as one line: the file(s) it names (shortened, undecodable bytes shown as
+    escapes) and the system's reason, e.g. `runs/x/last.pt: File name too long`."""
+    names = [
+        shorten(os.fsdecode(name).encode("utf-8", "backslashreplace").decode("utf-8"), 160)
+        for name in (exc.filename, exc.filename2)
+        if name is not None and isinstance(name, str | bytes | os.PathLike)
+    ]
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return " ".join(f"{' -> '.join(names) + ': ' if names else ''}{reason}".split())
+
+
+def _tolerate_undecodable_output() -> None:
+    """Let the real stdout and stderr print paths holding bytes that are not UTF-8 (file names
+    are bytes on POSIX) as escapes, rather than fail on them."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream in (sys.__stdout__, sys.__stderr__) and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a command-line `main`; a UserError becomes `error: <message>` on stderr and exit 2."""
+    """Run a command-line `main`; a UserError, or an OSError of any kind on a path the user
+    gave (a name too long, a symbolic link loop, a file where a folder must be, ...), becomes
+    `error: <message>` on stderr and exit 2, never a traceback."""
+    _tolerate_undecodable_output()
     try:
         code = main(argv)
     except UserError as exc:
         message = " ".join(str(exc).split())  # always one line
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

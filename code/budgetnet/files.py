@@ -47,8 +47,7 @@ def atomic_write(
     private ones of a temporary file. A full disk or an unwritable folder is a UserError.
     """
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; give a file name to write")
+    check_output_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(path)
@@ -85,7 +84,7 @@ def _check_stat(path: Path, info: os.stat_result, max_bytes: int, what: str) -> 
 
 def check_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> None:
     """Refuse `path` unless it is a regular file of at most `max_bytes` (for files another
-    library opens itself)."""
+    library opens itself by name; prefer `open_regular_file`, which checks the file it opens)."""
     path = Path(path)
     try:
         info = os.stat(path)
@@ -96,31 +95,83 @@ def check_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> 
     _check_stat(path, info, max_bytes, what)
 
 
-def read_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of `path` if it is a regular file of at most `max_bytes` (a named pipe, a
-    device such as /dev/zero or an oversized file is refused before anything is read)."""
-    path = Path(path)
+def _open_checked(path: Path, max_bytes: int, what: str) -> int:
+    """A read-only descriptor of `path`, opened without blocking (a named pipe with no writer
+    does not hang the open) and checked, on the descriptor itself, to be a regular file of at
+    most `max_bytes`."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a {what}") from None
-    except OSError as exc:
+    except OSError as exc:  # a name too long, a symbolic link loop, no permission, ...
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         _check_stat(path, os.fstat(fd), max_bytes, what)  # before fdopen, which refuses folders
-    except UserError:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file: reads are ordinary from here on
+    except BaseException:
         os.close(fd)
         raise
-    with os.fdopen(fd, "rb") as handle:
+    return fd
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> Iterator[IO[bytes]]:
+    """`path` opened for binary reading if it is a regular file of at most `max_bytes`, for
+    readers that take a file object (torch.load, np.load, PIL): the file checked is the file
+    read, so it cannot be swapped for a pipe between the check and the read."""
+    with os.fdopen(_open_checked(Path(path), max_bytes, what), "rb") as handle:
+        yield handle
+
+
+def read_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of `path` if it is a regular file of at most `max_bytes` (a named pipe, a
+    device such as /dev/zero or an oversized file is refused before anything is read)."""
+    path = Path(path)
+    with os.fdopen(_open_checked(path, max_bytes, what), "rb") as handle:
+        # The file's size (already checked) plus one byte, to see growth: not the cap, which
+        # would reserve the cap's memory for every small file.
+        limit = min(max_bytes, os.fstat(handle.fileno()).st_size) + 1
         try:
-            data = handle.read(max_bytes + 1)
+            data = handle.read(limit)
         except OSError as exc:
             raise UserError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(data) > max_bytes:  # it grew while being read
-        raise UserError(f"{path}: more than the {max_bytes:,} bytes a {what} may have")
+    if len(data) == limit:  # it grew while being read
+        raise UserError(f"{path}: changed size while being read, expected a {what}")
     return data
+
+
+def check_output_file(path: str | Path, flag: str = "") -> None:
+    """Refuse, before any work is done, a file name to write that cannot be one: a directory,
+    a name longer than the file system allows, a path through a file or a symbolic link loop."""
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return  # a new file (a missing folder above it is created)
+    except OSError as exc:
+        raise UserError(f"{where}: cannot write ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{where}: is a directory; give a file name to write")
+
+
+def check_output_dir(path: str | Path, flag: str = "") -> None:
+    """Refuse, before any work is done, a folder to write into that cannot be one: an
+    existing file, a name longer than the file system allows, a path through a file or a
+    symbolic link loop. A folder that does not exist yet is fine (it is created)."""
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"{where}: cannot write a folder there ({exc.strerror or exc})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{where}: exists and is not a directory; give a folder to write into")
 
 
 def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
@@ -137,11 +188,12 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
 
 def distinct_paths(paths: dict[str, str | Path | None]) -> None:
     """Refuse two flags that name the same file (--out over --pkl would destroy the input)."""
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for flag, path in paths.items():
         if path is None:
             continue
-        resolved = Path(path).resolve()
+        # realpath, not Path.resolve: it does not raise on a symbolic link loop
+        resolved = os.path.realpath(path)
         if resolved in seen:
             raise UserError(f"{seen[resolved]} and {flag} name the same file ({path})")
         seen[resolved] = flag

@@ -18,6 +18,7 @@ import csv
 import datetime
 import io
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{stamp}-{model_name}"
 
 
+def _present(path: Path) -> bool:
+    """Whether `path` exists (a missing folder above it, or a file where a folder should be,
+    means no); an OSError that says nothing about that (a name too long, a link loop) is a
+    UserError."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    return True
+
+
 def write_config(run_dir: Path, config: dict) -> None:
     with atomic_write(run_dir / "config.yaml") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
@@ -90,7 +104,7 @@ def write_config(run_dir: Path, config: dict) -> None:
 def read_config(run_dir: Path) -> dict:
     """A run's config.yaml, checked to hold the `config` and `model` mappings it must."""
     path = Path(run_dir) / "config.yaml"
-    if not path.exists():
+    if not _present(path):
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = read_yaml(path, "config.yaml")
     if not isinstance(saved, dict):
@@ -110,7 +124,7 @@ def write_history(run_dir: Path, rows: list[dict]) -> None:
 
 def read_history(run_dir: Path) -> list[dict]:
     path = run_dir / "history.csv"
-    if not path.exists():
+    if not _present(path):
         return []
     raw = read_regular_file(path, MAX_HISTORY_BYTES, "history.csv")
     try:

@@ -18,6 +18,12 @@ from pathlib import Path
 
 import torch
 
+from budgetnet.errors import UserError, brief
+
+# The most intra-op CPU threads a run may ask for (TrainConfig.threads, configure_cpu): more than
+# any machine here has cores. torch.set_num_threads(100000) crashed the process (exit 139).
+MAX_THREADS = 1024
+
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap, not from fresh mappings
@@ -91,8 +97,13 @@ def tune_allocator() -> bool:
 
 
 def configure_cpu(threads: int = 0, allocator: bool = True) -> str:
-    """Use `threads` intra-op threads (0: every core this process may use) and, if asked, the
-    allocator setting above; returns a one-line description for the log."""
+    """Use `threads` intra-op threads (0: every core this process may use; at most
+    MAX_THREADS) and, if asked, the allocator setting above; returns a one-line description for
+    the log."""
+    if type(threads) is not int or not 0 <= threads <= MAX_THREADS:  # checked before torch sees it
+        raise UserError(
+            f"threads must be at least 0 and at most {MAX_THREADS}, got {brief(threads)}"
+        )
     count = threads or cpu_count()
     if torch.get_num_threads() != count:  # setting it again once work has run can deadlock
         torch.set_num_threads(count)

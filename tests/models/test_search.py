@@ -216,3 +216,12 @@ def test_search_help_names_every_block_stem_and_shortcut(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for names in (BLOCK_TYPES, STEMS, SHORTCUTS):
         assert f"{', '.join(names[:-1])} or {names[-1]}" in text
+
+
+@pytest.mark.parametrize("stages", [1000, 9])
+def test_a_grid_too_large_to_rank_is_refused_before_any_candidate(stages):
+    # 1000 stages: over the spec's limit; 9 stages of 5 unit counts: 48 billion candidates
+    with pytest.raises(
+        UserError, match="stages must be an integer from 1 to 256|more than 1,000,000"
+    ):
+        Grid(stages=stages)

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import lzma
 import os
 import tarfile
+import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,12 +35,18 @@ import numpy as np
 from budgetnet.data.normalization import Normalization
 from budgetnet.data.safe_pickle import MAX_FILE_BYTES, pickle_field, safe_loads
 from budgetnet.errors import UserError, shorten
-from budgetnet.files import atomic_write, read_regular_file
+from budgetnet.files import atomic_write, open_regular_file, read_regular_file
 from budgetnet.runtime import cpu_count
 
 IMAGE_SIZE = 32
 MAX_IMAGE_PIXELS = 4096 * 4096  # an image larger than this is refused before it is decoded
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# The PIL decoders an image may go through, whatever its name says: image folders hold the
+# formats of IMAGE_SUFFIXES; the web demo also takes what browsers upload. No other PIL plugin
+# (DDS, TIFF, ICNS, SPIDER, ...) ever parses a file handed to us.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
+UPLOAD_FORMATS = (*IMAGE_FORMATS, "WEBP", "GIF")
+MAX_IMAGE_BYTES = 128 << 20  # a 4096x4096 BMP of 32-bit pixels is 64 MiB
 SPLITS = ("train", "test")
 DATASET_NAMES = ("cifar10", "cifar100")
 # Where `load_split(None)` looks, in order, before it tries to download (relative to the cwd).
@@ -45,6 +54,7 @@ DEFAULT_DATA_DIR = Path("data")
 DATA_ENV = "BUDGETNET_DATA"
 CACHE_ENV = "BUDGETNET_CACHE"
 CACHE_VERSION = 1
+MAX_MANIFEST_BYTES = 256 << 20  # a cache's manifest: a line per image file
 
 
 @dataclass
@@ -178,6 +188,67 @@ _CIFAR_MEMBERS = frozenset(
 MAX_ARCHIVE_BYTES = 1 << 30
 MAX_ARCHIVE_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 256 << 20
+# tarfile reads the data of a GNU long-name or long-link header, or of a pax header, whole into
+# memory before it hands over the member they describe: their declared sizes are checked first,
+# from the 512-byte header alone (a path is at most 4 KiB; CIFAR's archives have none of them).
+MAX_EXTENSION_BYTES = 64 << 10  # one such header's data
+MAX_EXTENSION_TOTAL = 1 << 20  # all of them in the archive (global pax headers accumulate)
+MAX_EXTENSION_CHAIN = 8  # in front of one member (tarfile follows them recursively)
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+)  # fmt: skip
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses, from its own header and before tarfile reads anything it
+    declares, the headers whose data tarfile would hold in memory: extension headers (GNU long
+    names and links, pax) above the limits, and sparse members (old GNU sparse headers chain
+    extension blocks without end; pax sparse maps are read whole). `_proc_member` is tarfile's
+    documented hook for subclasses: "can be overridden in a subclass"."""
+
+    def _proc_member(self, tar):
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _ArchiveRefused(f"member {self.name[:80]!r} is sparse, not a regular file")
+        if self.type in _EXTENSION_TYPES:
+            tar.extension_chain += 1
+            tar.extension_bytes += self.size
+            if self.size > MAX_EXTENSION_BYTES or tar.extension_bytes > MAX_EXTENSION_TOTAL:
+                kind = _EXTENSION_NAMES.get(self.type, "pax")
+                raise _ArchiveRefused(
+                    f"a {kind} header declares {self.size:,} bytes (at most "
+                    f"{MAX_EXTENSION_BYTES:,} each, {MAX_EXTENSION_TOTAL:,} in all); not a "
+                    "CIFAR archive"
+                )
+            if tar.extension_chain > MAX_EXTENSION_CHAIN:
+                raise _ArchiveRefused(
+                    f"more than {MAX_EXTENSION_CHAIN} extension headers in a row; not a CIFAR "
+                    "archive"
+                )
+        else:
+            tar.extension_chain = 0
+        return super()._proc_member(tar)
+
+    def _refuse_sparse(self, member, *args):
+        raise _ArchiveRefused(f"member {member.name[:80]!r} is sparse, not a regular file")
+
+    # pax sparse maps: 0.0, 0.1 and 1.0 (this one reads a map of any length into memory)
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+class _BoundedTarFile(tarfile.TarFile):
+    tarinfo = _BoundedTarInfo
+    extension_chain = extension_bytes = 0  # counted per archive by _BoundedTarInfo
+
+
+class _ArchiveRefused(Exception):
+    """An archive header refused by _BoundedTarInfo (the archive's path is added above)."""
+
+
+_EXTENSION_NAMES = {
+    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
+}
 
 
 def _folder_reader(folder: Path) -> Callable[[str], bytes]:
@@ -197,10 +268,14 @@ def _archive_members(path: Path) -> dict[str, bytes]:
 def _read_archive(path: Path, size: int, mtime_ns: int) -> dict[str, bytes]:
     """Walk the archive's headers once, reading only CIFAR's member names, each a regular file
     (not sparse, not a link) below MAX_MEMBER_BYTES; the walk itself is bounded in bytes and
-    headers, so a small hostile archive cannot make it read gigabytes."""
+    headers, each checked before tarfile reads or skips what it declares (_BoundedTarInfo), so
+    a small hostile archive cannot make it read, or hold, gigabytes."""
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with (
+            open_regular_file(path, MAX_ARCHIVE_BYTES, "CIFAR archive") as handle,
+            _BoundedTarFile.open(fileobj=handle, mode="r:*") as tar,
+        ):
             for count, member in enumerate(iter(tar.next, None), start=1):
                 # Checked before the next header is sought, which decompresses this member.
                 end = member.offset_data + member.size
@@ -221,7 +296,9 @@ def _read_archive(path: Path, size: int, mtime_ns: int) -> dict[str, bytes]:
                         f"than the {MAX_MEMBER_BYTES:,} a CIFAR file may have"
                     )
                 members[name] = tar.extractfile(member).read(member.size)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except _ArchiveRefused as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise UserError(f"{path}: not a readable tar archive ({shorten(str(exc))})") from None
     return members
 
@@ -239,23 +316,61 @@ def _archive_kind(path: Path) -> str | None:
 # Image folders ROOT/<split>/<class>/<image>, decoded once and cached
 
 
+def _listing(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot list its files ({exc.strerror or exc})") from None
+
+
+def _entry_kind(entry: os.DirEntry) -> str | None:
+    """ "dir", "file" or None (anything else, or a dangling link) for a folder entry, following
+    symbolic links; a link loop or an entry that cannot be examined is a UserError naming it."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        return "file" if entry.is_file() else None
+    except OSError as exc:  # ELOOP: a link that points, in the end, at itself
+        raise UserError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be printed and written: bytes that are not UTF-8 (which
+    os.scandir hands over as lone surrogates) shown as escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int, int]], np.ndarray]:
-    """Classes (sorted sub-folders), files as (relative path, size, mtime_ns), and labels."""
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    """Classes (sorted sub-folders), files as (relative path, size, mtime_ns), and labels.
+
+    The walk is two levels deep (class folders, then their files), so a symbolic link back up
+    the tree cannot make it go on forever; a link loop is refused by name. File names need not
+    be UTF-8; class names, which become the model's labels, must be."""
+    classes = sorted(e.name for e in _listing(split_dir) if _entry_kind(e) == "dir")
     if not classes:
         raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    for name in classes:
+        if _printable(name) != name:
+            raise UserError(
+                f"{split_dir / _printable(name)}: a class folder's name must be UTF-8 text "
+                "(it becomes the class's label); rename it"
+            )
     files, labels = [], []
     for label, name in enumerate(classes):
         entries = sorted(
             (
                 e
-                for e in os.scandir(split_dir / name)
-                if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
+                for e in _listing(split_dir / name)
+                if e.name.lower().endswith(IMAGE_SUFFIXES) and _entry_kind(e) == "file"
             ),
             key=lambda e: e.name,
         )
         for entry in entries:
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except OSError as exc:
+                raise UserError(f"{entry.path}: cannot read ({exc.strerror or exc})") from None
             files.append((f"{name}/{entry.name}", stat.st_size, stat.st_mtime_ns))
         labels.extend([label] * len(entries))
     if not files:
@@ -265,29 +380,83 @@ def _scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int,
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def decode_images(paths: list[str]) -> np.ndarray:
-    """Decode image files to uint8 RGB 32x32 (other sizes are resized bilinearly)."""
+def _to_8_bit(image):
+    """`image` with 8 bits per channel: 16-bit modes (I;16, I;16B, ...) keep their high byte,
+    I (32-bit integers, PIL's mode for some 16-bit greyscale files) is taken as 16-bit data,
+    F (floats) as 0..1; PIL's own conversion would clip all of them at 255 (mid-grey becomes
+    white). 16-bit RGB(A) PNGs already come out of PIL as 8-bit RGB(A)."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.uint16) >> 8
+    elif image.mode == "I":
+        pixels = np.clip(np.asarray(image), 0, 0xFFFF) >> 8
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise ValueError("non-finite pixel values")
+        pixels = np.rint(np.clip(pixels, 0.0, 1.0) * 255)
+    else:
+        return image
+    return Image.fromarray(pixels.astype(np.uint8), "L")
+
+
+def read_image(path: str | Path, formats: tuple[str, ...] = IMAGE_FORMATS) -> np.ndarray:
+    """The one way an image file is opened here (image folders, the web demo's uploads): uint8
+    RGB (H, W, 3), at its own size.
+
+    `path` must be a regular file of at most MAX_IMAGE_BYTES, decoded only by the PIL plugins
+    of `formats` (what the file's name says does not matter), at most MAX_IMAGE_PIXELS as its
+    header says, before any pixel is decoded. Whatever the decoder raises (PIL's plugins raise
+    OSError, ValueError, SyntaxError, struct.error, EOFError, ...) is a one-line UserError."""
     from PIL import Image, UnidentifiedImageError
 
-    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
+    with (
+        open_regular_file(path, MAX_IMAGE_BYTES, "picture file") as handle,
+        warnings.catch_warnings(),
+    ):
+        # PIL warns of images above its own limit; ours, lower, refuses them just below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as image:  # reads the header only
+            with Image.open(handle, formats=list(formats)) as image:  # reads the header only
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise UserError(
                         f"{path}: {image.width}x{image.height} pixels, more than the "
                         f"{MAX_IMAGE_PIXELS:,} an image may have here"
                     )
-                image = image.convert("RGB")
-                if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                    image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-                out[i] = np.asarray(image)
+                image.load()
+                pixels = np.array(_to_8_bit(image).convert("RGB"), dtype=np.uint8)
+        except UserError:
+            raise
         except Image.DecompressionBombError:  # PIL's own, larger limit, from the header
             raise UserError(
                 f"{path}: more than the {MAX_IMAGE_PIXELS:,} pixels an image may have here"
             ) from None
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise UserError(f"{path}: cannot decode image ({shorten(str(exc))})") from None
+        except UnidentifiedImageError:  # none of `formats` (PIL's message names the handle)
+            kinds = " or ".join(
+                [", ".join(formats[:-1]), formats[-1]] if len(formats) > 1 else formats
+            )
+            raise UserError(f"{path}: cannot decode image (not a {kinds} file)") from None
+        except Exception as exc:  # any decoder failure is the file's fault
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(f"{path}: cannot decode image ({shorten(reason)})") from None
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+        raise UserError(f"{path}: cannot decode image (got pixels of shape {pixels.shape})")
+    return pixels
+
+
+def decode_images(paths: list[str], formats: tuple[str, ...] = IMAGE_FORMATS) -> np.ndarray:
+    """Decode image files (`read_image`) to uint8 RGB 32x32 (other sizes are resized
+    bilinearly)."""
+    from PIL import Image
+
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        pixels = read_image(path, formats)
+        if pixels.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            image = Image.fromarray(pixels, "RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            pixels = np.asarray(image)
+        out[i] = pixels
     return out
 
 
@@ -305,28 +474,43 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "budgetnet")
 
 
+def _read_cache(where: Path, digest: str, classes: list[str], count: int) -> np.ndarray | None:
+    """The decoded images cached in `where` if its manifest matches, else None (no cache yet,
+    a stale or a broken one); both files are read through the regular-file guard."""
+    try:
+        stored = json.loads(read_regular_file(where / "manifest.json", MAX_MANIFEST_BYTES))
+        if stored["digest"] != digest or stored["classes"] != classes:
+            return None
+        expected = count * IMAGE_SIZE * IMAGE_SIZE * 3
+        with open_regular_file(
+            where / "images.npy", expected + 4096, "cache of decoded images"
+        ) as handle:
+            images = np.load(handle, allow_pickle=False)
+    except (UserError, OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.shape != (count, IMAGE_SIZE, IMAGE_SIZE, 3):
+        return None
+    return images
+
+
 def _read_image_folder(split_dir: Path, cache_dir: Path | None) -> ImageSet:
     classes, files, labels = _scan_image_folder(split_dir)
     listing = "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in files)
-    digest = hashlib.sha256(f"{CACHE_VERSION}\n{listing}".encode()).hexdigest()
+    # surrogateescape: a file name that is not UTF-8 counts by its own bytes
+    digest = hashlib.sha256(f"{CACHE_VERSION}\n{listing}".encode("utf-8", "surrogateescape"))
+    digest = digest.hexdigest()
     source = f"image folder {split_dir}"
     where = None
     if cache_dir is not None:
         # One cache entry per folder, named by its absolute path.
-        key = hashlib.sha256(str(split_dir.resolve()).encode()).hexdigest()[:16]
-        where = Path(cache_dir) / f"{split_dir.name}-{key}"
-        manifest = where / "manifest.json"
-        try:
-            stored = json.loads(manifest.read_text())
-            if stored["digest"] == digest and stored["classes"] == classes:
-                images = np.load(where / "images.npy")
-                if images.shape == (len(files), IMAGE_SIZE, IMAGE_SIZE, 3):
-                    return ImageSet(images, labels, classes, source)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no cache yet, or a stale or broken one: decode again
+        root = os.path.realpath(split_dir)
+        key = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        where = Path(cache_dir) / f"{_printable(split_dir.name)}-{key}"
+        images = _read_cache(where, digest, classes, len(files))
+        if images is not None:
+            return ImageSet(images, labels, classes, source)
     images = _decode_parallel([str(split_dir / name) for name, _, _ in files])
     if where is not None:
-        where.mkdir(parents=True, exist_ok=True)
         with atomic_write(where / "images.npy", "wb") as handle:
             np.save(handle, images)
         # The manifest goes last: an interrupted write leaves no manifest that matches.
@@ -334,10 +518,10 @@ def _read_image_folder(split_dir: Path, cache_dir: Path | None) -> ImageSet:
             json.dump(
                 {
                     "version": CACHE_VERSION,
-                    "root": str(split_dir.resolve()),
+                    "root": _printable(root),
                     "digest": digest,
                     "classes": classes,
-                    "files": [list(f) for f in files],
+                    "files": [[_printable(name), size, mtime] for name, size, mtime in files],
                 },
                 handle,
             )

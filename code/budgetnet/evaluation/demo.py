@@ -1,9 +1,10 @@
 """The web demo: upload any image, or pick one of the test split, and see the top-5 classes.
 
-An upload goes through the data layer's decoder (RGB, bilinear resize to 32x32, as image
-folders are read for training) and then through `Ensemble.probs`, the call inference.py labels
-the Kaggle pickle with, so the page shows what a submission made with the same checkpoints and
-TTA level would answer.
+An upload goes through the data layer's decoder and nothing else (`sources.read_image`: only
+the PIL decoders of UPLOAD_FORMATS, any failure one line; RGB, bilinear resize to 32x32, as
+image folders are read for training) and then through `Ensemble.probs`, the call inference.py
+labels the Kaggle pickle with, so the page shows what a submission made with the same
+checkpoints and TTA level would answer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from budgetnet.data.sources import ImageSet, decode_images, load_split
+from budgetnet.data.sources import UPLOAD_FORMATS, ImageSet, decode_images, load_split
 from budgetnet.errors import UserError
 from budgetnet.evaluation.ensemble import Ensemble
 
@@ -64,13 +65,31 @@ class Classifier:
     def __call__(self, path: str | None) -> dict[str, float]:
         if path is None:
             raise gr.Error("Upload an image or pick an example first.")
-        try:
-            image = decode_images([path])
+        try:  # an undecodable upload, or a release that gives non-finite probabilities
+            image = decode_images([path], UPLOAD_FORMATS)
+            probs = self.ensemble.probs(image, tta=self.tta, batch_size=1, device=CPU)[0]
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        probs = self.ensemble.probs(image, tta=self.tta, batch_size=1, device=CPU)[0]
         top = np.argsort(-probs, kind="stable")[:TOP_K]
         return {self.ensemble.classes[i]: float(probs[i]) for i in top}
+
+
+def unopened_uploads(image: gr.Image) -> gr.Image:
+    """`image`, whose upload reaches the classifier as the file's path, unopened: gradio's own
+    preprocessing would first open it with PIL's every plugin (DDS, TIFF, ...), whose errors
+    end in a traceback. A pasted or webcam image (a data: URL) is still saved by gradio, as
+    PNG. Set on the instance: a gr.Image subclass would make gradio write a .pyi stub beside
+    this module at every import."""
+    default = image.preprocess
+
+    def preprocess(payload):
+        data_url = (getattr(payload, "url", None) or "").startswith("data:")
+        if payload is not None and payload.path is not None and not data_url:
+            return str(payload.path)
+        return default(payload)
+
+    image.preprocess = preprocess
+    return image
 
 
 def build_page(classify: Classifier, examples: ImageSet | None = None) -> gr.Blocks:
@@ -83,10 +102,10 @@ def build_page(classify: Classifier, examples: ImageSet | None = None) -> gr.Blo
     )
     if examples is not None:
         description += f" Examples: {examples.source}."
-    # image_mode=None hands the uploaded file over untouched (no re-encoding), so the data
-    # layer's decoder is the only thing that converts it; examples are stored as lossless PNG.
-    image = gr.Image(
-        type="filepath", image_mode=None, format="png", label="Image", elem_id=IMAGE_ID
+    # The uploaded file is handed over untouched (no re-encoding, not even opened), so the data
+    # layer's decoder is the only thing that reads it; examples are stored as lossless PNG.
+    image = unopened_uploads(
+        gr.Image(type="filepath", image_mode=None, format="png", label="Image", elem_id=IMAGE_ID)
     )
     return gr.Interface(
         fn=classify,

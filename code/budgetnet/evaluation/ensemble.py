@@ -16,8 +16,8 @@ import torch
 
 from budgetnet.data.sources import ImageSet, hold_out, load_split, resolve_source
 from budgetnet.errors import UserError, brief
-from budgetnet.evaluation.infer import infer
-from budgetnet.models.checkpoint import Release, load_release
+from budgetnet.evaluation.infer import check_finite_probs, infer
+from budgetnet.models.checkpoint import Release, load_release, release_parameters
 
 # What a run's held-out validation split is rebuilt from: the notes of `load_splits` that
 # training stores as provenance["data"] in model.json.
@@ -51,16 +51,20 @@ class Ensemble:
         device: torch.device,
         amp: bool = True,
     ) -> np.ndarray:
-        """(N, num_classes) float32: the mean of every model's TTA-averaged probabilities."""
+        """(N, num_classes) float32: the mean of every model's TTA-averaged probabilities,
+        each member's checked to be finite (`check_finite_probs`) before they are averaged."""
         total = sum(
-            infer(
-                r.model,
-                images,
-                r.normalization,
-                tta=tta,
-                batch_size=batch_size,
-                device=device,
-                amp=amp,
+            check_finite_probs(
+                infer(
+                    r.model,
+                    images,
+                    r.normalization,
+                    tta=tta,
+                    batch_size=batch_size,
+                    device=device,
+                    amp=amp,
+                ),
+                str(r.path),
             )
             for r in self.releases
         )
@@ -69,8 +73,22 @@ class Ensemble:
 
 def load_ensemble(paths: list[str | Path], device: torch.device, max_params: int = 0) -> Ensemble:
     """The releases at `paths`, checked to label the same classes and, unless `max_params` is
-    0, to hold at most `max_params` parameters together."""
-    releases = [load_release(path, device) for path in paths]
+    0, to hold at most `max_params` parameters together: counted from every member's spec
+    (model.json) before any network is built or any weight read."""
+    if max_params:
+        planned = [release_parameters(path) for path in paths]
+        total = sum(params for _, params in planned)
+        if total > max_params:
+            members = f"{len(paths)} models hold" if len(paths) > 1 else "the model holds"
+            raise UserError(
+                f"{' + '.join(str(folder) for folder, _ in planned)}: {members} {total:,} "
+                f"parameters, over the budget of {max_params:,} (--max-params; 0 turns the "
+                "check off for local experiments)"
+            )
+    releases = []
+    for path in paths:  # each member's own share, in case its model.json changed since
+        left = max_params - Ensemble(releases).parameters if max_params else None
+        releases.append(load_release(path, device, max_params=left))
     first = releases[0]
     for other in releases[1:]:
         if other.classes != first.classes:
@@ -79,15 +97,7 @@ def load_ensemble(paths: list[str | Path], device: torch.device, max_params: int
                 f"{first.classes}; models averaged together must label the same classes in the "
                 "same order"
             )
-    ensemble = Ensemble(releases)
-    if max_params and ensemble.parameters > max_params:
-        members = f"{len(releases)} models hold" if len(releases) > 1 else "the model holds"
-        raise UserError(
-            f"{ensemble.describe()}: {members} {ensemble.parameters:,} parameters, over "
-            f"the budget of {max_params:,} (--max-params; 0 turns the check off for local "
-            "experiments)"
-        )
-    return ensemble
+    return Ensemble(releases)
 
 
 def _data_notes(release: Release) -> dict:

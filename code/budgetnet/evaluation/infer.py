@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
+from budgetnet.errors import UserError
 from budgetnet.runtime import autocast
 
 TTA_LEVELS = (0, 1, 2)
@@ -81,6 +82,25 @@ def infer(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def check_finite_probs(probs: np.ndarray | torch.Tensor, source: str) -> np.ndarray | torch.Tensor:
+    """`probs` (N, classes) as they are, once they are all finite; else a UserError naming
+    `source` (the model they came from). Every command that scores a model (inference.py,
+    evaluate.py, publishing, the demo, the corruption sweep) labels through `Ensemble.probs`,
+    which checks each member's `infer()` output here, before anything is computed or written
+    from them: finite weights can still overflow (fp16 weights that are too large, a BatchNorm
+    variance of 0) and give NaN, which would otherwise read as class 0 everywhere."""
+    bad = ~torch.isfinite(torch.as_tensor(probs))
+    if bad.ndim > 1:
+        bad = bad.flatten(1).any(1)  # per image
+    if bool(bad.any()):
+        raise UserError(
+            f"{source}: the model gave non-finite probabilities for "
+            f"{int(bad.sum()):,} of {len(probs):,} images (a broken release: its weights "
+            "are finite but its activations overflow?); nothing written"
+        )
+    return probs
 
 
 def _is_channels_last(model: nn.Module) -> bool:

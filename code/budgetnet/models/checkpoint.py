@@ -27,6 +27,7 @@ from budgetnet.data.normalization import Normalization
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write, check_regular_file, read_regular_file
 from budgetnet.models.builder import ResNet, build
+from budgetnet.models.complexity import count_params
 from budgetnet.models.spec import ResNetSpec
 
 FORMAT = "budgetnet-release"
@@ -143,37 +144,49 @@ def _read_meta(meta_path: Path) -> dict:
     return meta
 
 
-def _check_weights_header(weights_path: Path, expected: dict[str, torch.Tensor]) -> None:
-    """Compare the tensor names and shapes in the safetensors header with the network the spec
-    plans (built on the meta device: nothing allocated) before any weight is read."""
-    from safetensors import SafetensorError, safe_open
+# The dtypes a weight may be stored in: a floating tensor of the spec's network in float32,
+# float16 or bfloat16 (float8, float64 or complex weights are refused from the header, before
+# any is read), an integer buffer (BatchNorm's num_batches_tracked) exactly as the spec plans it.
+FLOAT_WEIGHT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_INTEGER_DTYPES = {
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
 
-    check_regular_file(weights_path, MAX_WEIGHTS_BYTES, "weights file")
-    try:
-        with safe_open(str(weights_path), framework="pt") as handle:
-            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{weights_path}: cannot read weights ({shorten(str(exc))})") from None
-    wrong = sorted(k for k in expected.keys() & shapes.keys() if expected[k].shape != shapes[k])
-    if expected.keys() != shapes.keys() or wrong:
-        missing = sorted(expected.keys() - shapes.keys())
-        extra = sorted(shapes.keys() - expected.keys())
+
+def _check_weights_header(weights_path: Path, handle, expected: dict[str, torch.Tensor]) -> None:
+    """Compare the tensor names, shapes and dtypes in the safetensors header (`handle`, an open
+    `safe_open`) with the network the spec plans (built on the meta device: nothing allocated)
+    before any weight is read."""
+    header = {}
+    for key in handle.keys():  # noqa: SIM118 (a safe_open handle is no dict)
+        tensor = handle.get_slice(key)
+        header[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    wrong = sorted(k for k in expected.keys() & header.keys() if expected[k].shape != header[k][0])
+    if expected.keys() != header.keys() or wrong:
+        missing = sorted(expected.keys() - header.keys())
+        extra = sorted(header.keys() - expected.keys())
         raise UserError(
             f"{weights_path}: weights do not fit the spec in {META_FILE} (missing "
             f"{shorten(str(missing[:3]))}, unexpected {shorten(str(extra[:3]))}, wrong shape "
             f"{shorten(str(wrong[:3]))})"
         )
+    for key in sorted(header):
+        dtype, planned = header[key][1], expected[key].dtype
+        if planned.is_floating_point:
+            allowed, wanted = FLOAT_WEIGHT_DTYPES, "float32, float16 or bfloat16"
+        else:
+            allowed, wanted = (_INTEGER_DTYPES.get(planned),), str(planned).removeprefix("torch.")
+        if dtype not in allowed:
+            raise UserError(
+                f"{weights_path}: {shorten(key)} is stored as {shorten(str(dtype), 20)}, "
+                f"expected {wanted} (the dtypes a release may hold)"
+            )
 
 
-def load_release(path: str | Path, device: torch.device | str = "cpu") -> Release:
-    """Rebuild the network from the spec stored with the weights and load them (as float32).
-
-    Everything is checked before it is trusted: the metadata's size and fields, the spec's
-    limits, the weights' names and shapes against the spec (read from the file's header,
-    before anything is allocated), and finally that every weight is finite."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def _read_spec(path: str | Path) -> tuple[Path, dict, ResNetSpec, list[str], Normalization]:
+    """A release's folder, its model.json and what it describes (spec, classes, normalisation),
+    checked; no weight is read."""
     folder = _release_folder(Path(path))
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.exists():
@@ -194,21 +207,58 @@ def load_release(path: str | Path, device: torch.device | str = "cpu") -> Releas
         raise UserError(
             f"{meta_path}: {len(classes)} class names for a {spec.num_classes}-class model"
         )
+    return folder, meta, spec, classes, normalization
+
+
+def release_parameters(path: str | Path) -> tuple[Path, int]:
+    """A release's folder and the parameters its spec plans (the closed-form count, exactly
+    what the built network holds), from model.json alone: a budget is checked with it before
+    anything is built or any weight read."""
+    folder, _, spec, _, _ = _read_spec(path)
+    return folder, count_params(spec)
+
+
+def load_release(
+    path: str | Path, device: torch.device | str = "cpu", *, max_params: int | None = None
+) -> Release:
+    """Rebuild the network from the spec stored with the weights and load them (as float32).
+
+    Everything is checked before it is trusted, each check before the memory it guards is
+    spent: the metadata's size and fields, the spec's limits, the parameters it plans against
+    `max_params` (None: no budget), the weights' names, shapes and dtypes against the spec
+    (read from the file's header), and that every weight is finite."""
+    from safetensors import SafetensorError, safe_open
+
+    folder, meta, spec, classes, normalization = _read_spec(path)
+    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
+    params = count_params(spec)
+    if max_params is not None and params > max_params:
+        raise UserError(
+            f"{meta_path}: the spec asks for {params:,} parameters, over the budget of "
+            f"{max(max_params, 0):,}; refused before the network is built"
+        )
     with torch.device("meta"):
         planned = build(spec).state_dict()
-    _check_weights_header(weights_path, planned)
-    model = build(spec)
+    check_regular_file(weights_path, MAX_WEIGHTS_BYTES, "weights file")
     try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            _check_weights_header(weights_path, handle, planned)
+            model = build(spec)
+            # One tensor at a time, straight into the network: no second copy of the weights.
+            target, bad = model.state_dict(), []
+            with torch.no_grad():
+                for key in planned:
+                    value = handle.get_tensor(key)
+                    if value.is_floating_point() and not value.isfinite().all():
+                        bad.append(key)
+                    elif not bad:
+                        target[key].copy_(value)
+    except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{weights_path}: cannot read weights ({shorten(str(exc))})") from None
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all())
-    if bad:
-        raise UserError(f"{weights_path}: non-finite weights in {shorten(str(bad[:3]))}")
-    try:
-        model.load_state_dict({k: v.to(planned[k].dtype) for k, v in state.items()})
     except RuntimeError as exc:
         raise UserError(f"{weights_path}: weights do not load ({shorten(str(exc))})") from None
+    if bad:
+        raise UserError(f"{weights_path}: non-finite weights in {shorten(str(bad[:3]))}")
     # channels_last: faster convolutions with cuDNN and oneDNN (infer() feeds inputs to match)
     model = model.to(device, memory_format=torch.channels_last).eval()
     return Release(model, classes, normalization, meta, folder)
@@ -220,13 +270,27 @@ def save_state(path: str | Path, state: dict) -> None:
         torch.save(state, handle)
 
 
+# last.pt: model, EMA, Lookahead, SWA and optimizer states, a few times the weights' cap
+MAX_STATE_BYTES = 4 << 30
+
+
 def load_state(path: str | Path) -> dict:
+    """The resume state, read only from a regular file of at most MAX_STATE_BYTES (a named
+    pipe or a device is refused before anything is read, rather than waited on forever)."""
+    from budgetnet.files import open_regular_file
+
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: no resume state (was the run started with this version?)"
-        ) from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path}: unreadable resume state ({shorten(str(exc))})") from None
+        missing = not (path.exists() or path.is_symlink())
+    except OSError as exc:  # a name longer than the file system allows
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    if missing:
+        raise UserError(f"{path}: no resume state (was the run started with this version?)")
+    with open_regular_file(path, MAX_STATE_BYTES, "resume state") as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except (
+            RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, pickle.UnpicklingError,
+        ) as exc:  # fmt: skip
+            raise UserError(f"{path}: unreadable resume state ({shorten(str(exc))})") from None

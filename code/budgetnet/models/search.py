@@ -24,10 +24,11 @@ from typing import Any
 from budgetnet.errors import UserError, brief
 from budgetnet.files import atomic_write, read_yaml
 from budgetnet.models.complexity import count_flops, count_params
-from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.spec import MAX_BLOCKS, ResNetSpec
 from budgetnet.tables import markdown_table
 
 RANKING_RULE = "most FLOPs per image first, then fewer parameters"
+MAX_CANDIDATES = 10**6  # grid size: the default 25,000 rank in about a second
 COLUMNS = ("rank", "blocks", "channels", "kernel", "pool", "params", "flops", "pareto")
 
 
@@ -47,13 +48,20 @@ class Grid:
     input_size: int = 32
 
     def __post_init__(self) -> None:
-        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
-            raise UserError(f"stages must be an integer >= 1, got {brief(self.stages)}")
+        stages = self.stages
+        if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= MAX_BLOCKS:
+            raise UserError(
+                f"stages must be an integer from 1 to {MAX_BLOCKS}, got {brief(stages)}"
+            )
         for name in ("blocks", "widths", "kernels", "pools"):
             values = getattr(self, name)
             if isinstance(values, str) or not hasattr(values, "__iter__") or not values:
                 raise UserError(f"grid {name} must be a non-empty list, got {brief(values)}")
             object.__setattr__(self, name, tuple(values))
+        if self.size > MAX_CANDIDATES:  # an exact integer: never formatted, never a float
+            raise UserError(
+                f"the grid holds more than {MAX_CANDIDATES:,} candidates: fewer stages or values"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
@@ -64,6 +72,11 @@ class Grid:
         return cls(**d)
 
     def __len__(self) -> int:
+        return self.size
+
+    @property
+    def size(self) -> int:
+        """The number of candidates (an exact integer, however large: len() caps at 2**63)."""
         return (
             len(self.blocks) ** self.stages * len(self.widths) * len(self.kernels) * len(self.pools)
         )

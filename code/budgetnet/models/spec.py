@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from budgetnet.errors import UserError, brief, reject_unknown
+from budgetnet.errors import UserError, brief, reject_unknown, shown
 
 BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9", "fast")
 STEMS = ("cifar", "imagenet", "whiten")
@@ -63,22 +63,22 @@ class ResNetSpec:
     def __post_init__(self) -> None:
         for name in ("blocks", "channels", "strides"):
             value = getattr(self, name)
-            if value is not None:
+            if value is not None or name != "strides":  # only strides may be None
                 object.__setattr__(self, name, _int_tuple(name, value))
         if not self.blocks or len(self.blocks) != len(self.channels):
             raise UserError(
-                f"blocks {list(self.blocks)} and channels {list(self.channels)} must be "
-                "non-empty and of the same length (one entry per stage)"
+                f"blocks {shown(list(self.blocks))} and channels {shown(list(self.channels))} "
+                "must be non-empty and of the same length (one entry per stage)"
             )
         if self.strides is not None and len(self.strides) != len(self.blocks):
-            raise UserError(f"strides {list(self.strides)} needs one entry per stage")
+            raise UserError(f"strides {shown(list(self.strides))} needs one entry per stage")
         for name, choices in [
             ("block", BLOCK_TYPES), ("stem", STEMS), ("shortcut", SHORTCUTS),
             ("pool_type", POOL_TYPES),
         ]:  # fmt: skip
             if getattr(self, name) not in choices:
                 raise UserError(
-                    f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}"
+                    f"{name} must be one of {list(choices)}, got {shown(getattr(self, name))}"
                 )
         min_blocks = 0 if self.block == "res9" else 1  # a ResNet-9 layer may have no units
         for name, values, minimum in [
@@ -86,7 +86,7 @@ class ResNetSpec:
             ("strides", self.stage_strides, 1),
         ]:  # fmt: skip
             if not _ints_at_least(values, minimum):
-                raise UserError(f"{name} must be integers >= {minimum}, got {list(values)}")
+                raise UserError(f"{name} must be integers >= {minimum}, got {shown(list(values))}")
         scalars = [
             ("kernel", 1),
             ("pool", 0),
@@ -109,7 +109,7 @@ class ResNetSpec:
             ("strides", self.stage_strides, 64), ("pool", (self.pool,), 1024),
         ]:  # fmt: skip
             if max(values) > cap:
-                raise UserError(f"{name} {list(values)} exceeds the limit of {cap}")
+                raise UserError(f"{name} {shown(list(values))} exceeds the limit of {cap}")
         if self.stem == "whiten" and self.stem_channels not in (None, WHITEN_CHANNELS):
             raise UserError(
                 f"the whitening stem has 2*3*{WHITEN_KERNEL}^2 = {WHITEN_CHANNELS} channels, "
@@ -394,6 +394,8 @@ def _stage(
 def _plan(spec: ResNetSpec) -> Plan:
     channels = spec.stem_channels or spec.channels[0]
     stem = _stem(spec.stem, spec.block, channels, spec.input_size)
+    if stem.out_size < 1:  # the whitening stem's 2x2 patches need 2 pixels
+        raise UserError(f"input_size {spec.input_size} is too small for the {spec.stem} stem")
     channels, size, stages = stem.out_channels, stem.out_size, []
     for n_units, width, stride in zip(spec.blocks, spec.channels, spec.stage_strides, strict=True):
         stage = _stage(

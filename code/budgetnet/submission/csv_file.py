@@ -5,8 +5,8 @@ An answer key has the same format as a submission, so one reader serves both.
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +18,6 @@ from budgetnet.errors import UserError, shorten
 from budgetnet.files import atomic_write, read_regular_file
 
 HEADER = ("ID", "Labels")
-# ASCII digits only ("\d" would accept Arabic-Indic or fullwidth digits, which Kaggle does not),
-# and at most 18 of them, so every value fits in 64 bits.
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
 MAX_CSV_BYTES = 256 << 20  # far above any CIFAR-style submission (10,000 rows: ~100 KB)
 
 
@@ -44,33 +41,73 @@ def write_submission(
     return Path(path)
 
 
+def _field(value: bytes) -> bytes:
+    """One field: `value`, maybe double-quoted, with optional ASCII spaces or tabs around it."""
+    return rb"[ \t]*(?:" + value + rb'|"' + value + rb'")[ \t]*'
+
+
+# The documented format, byte for byte: an optional UTF-8 BOM, the header `ID,Labels`, then
+# lines of two integers (an optional "-" and 1 to 18 ASCII digits, so every value fits in 64
+# bits), each field maybe double-quoted and padded with ASCII spaces or tabs; lines end in "\n"
+# or "\r\n" (the last may end in neither) and blank ones are skipped. Nothing else passes: no
+# other whitespace (Python's str.strip would also drop \x1c-\x1f, \x85 or a no-break space),
+# no other digits, no control characters, no bytes that are not ASCII.
+_INTEGER = rb"-?[0-9]{1,18}"
+_HEADER = re.compile(_field(b"ID") + b"," + _field(b"Labels") + rb"\r?")
+_ROW = rb"(?:" + _field(_INTEGER) + b"," + _field(_INTEGER) + rb"|[ \t]*)\r?"
+# The first line of the body that is not a row (or blank): one scan, no object per line.
+_BAD_LINE = re.compile(rb"^(?!" + _ROW + rb"$)", re.MULTILINE)
+_VALUE = re.compile(_INTEGER)
+_CHUNK_BYTES = 1 << 18  # rows are parsed this many bytes (whole lines) at a time
+
+
 def read_submission(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of a submission or answer key, refusing anything that is not `ID,Labels`
-    followed by rows of two integers."""
+    followed by rows of two integers (the format above) in one line naming the first bad one.
+
+    Memory stays a small multiple of the file's size: the whole body is checked by one regular
+    expression scan, then parsed a chunk of lines at a time into int64 arrays sized from the
+    file (one comma per row), never as Python objects per row."""
     path = Path(path)
     raw = read_regular_file(path, MAX_CSV_BYTES, "submission CSV")
-    try:
-        text = raw.decode("utf-8-sig")  # tolerate Excel's BOM
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{path}: cannot read as CSV ({shorten(str(exc))})") from None
-    if not rows:
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # Excel's BOM
+    if start == len(raw):
         raise UserError(f"{path}: empty file, expected the header {','.join(HEADER)}")
-    if tuple(c.strip() for c in rows[0]) != HEADER:
+    header_end = raw.find(b"\n", start)
+    header_end = len(raw) if header_end < 0 else header_end
+    if not _HEADER.fullmatch(raw, start, header_end):
         raise UserError(
-            f"{path}: header is {shorten(','.join(rows[0]))!r}, expected {','.join(HEADER)!r}"
+            f"{path}: header is {_excerpt(raw, start, header_end)!r}, expected {','.join(HEADER)!r}"
         )
-    body = [row for row in rows[1:] if row]  # a trailing blank line is harmless
-    for line, row in enumerate(body, start=2):
-        if len(row) != 2 or not all(_INTEGER.fullmatch(c.strip()) for c in row):
-            raise UserError(
-                f"{path}: line {line} is {shorten(','.join(row))!r}, expected two integers "
-                "ID,Labels (ASCII digits, at most 18)"
-            )
-    if not body:
+    body = header_end + 1
+    bad = _BAD_LINE.search(raw, body)
+    if bad is not None:
+        line = raw.count(b"\n", 0, bad.start()) + 1
+        end = raw.find(b"\n", bad.start())
+        raise UserError(
+            f"{path}: line {line} is {_excerpt(raw, bad.start(), len(raw) if end < 0 else end)!r}"
+            ", expected two integers ID,Labels (ASCII digits, at most 18)"
+        )
+    rows = raw.count(b",", body)  # every line is checked: one comma per row, none elsewhere
+    if not rows:
         raise UserError(f"{path}: has a header but no rows")
-    values = np.array([[int(c) for c in row] for row in body], dtype=np.int64)
-    return values[:, 0], values[:, 1]
+    ids, labels = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    filled, pos = 0, body
+    while pos < len(raw):
+        end = raw.find(b"\n", min(pos + _CHUNK_BYTES, len(raw) - 1)) + 1 or len(raw)
+        values = np.array(_VALUE.findall(raw, pos, end), dtype="S19").astype(np.int64)
+        ids[filled : filled + len(values) // 2] = values[0::2]
+        labels[filled : filled + len(values) // 2] = values[1::2]
+        filled, pos = filled + len(values) // 2, end
+    assert filled == rows, (filled, rows)  # as the check above guarantees
+    return ids, labels
+
+
+def _excerpt(raw: bytes, start: int, end: int) -> str:
+    """At most a few dozen characters of raw[start:end] as text (undecodable bytes escaped,
+    a line's "\\r" dropped), for an error message."""
+    text = raw[start : min(end, start + 200)].decode("utf-8", "backslashreplace")
+    return shorten(text.removesuffix("\r"))
 
 
 @dataclass

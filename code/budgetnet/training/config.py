@@ -15,133 +15,234 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from budgetnet.data.sources import IMAGE_SIZE, parse_train_splits
-from budgetnet.errors import UserError, brief, reject_unknown, shorten
+from budgetnet.errors import UserError, brief, reject_unknown, shorten, shown
 from budgetnet.files import read_yaml
 from budgetnet.runs import REPO_ROOT
+from budgetnet.runtime import MAX_THREADS
 
 # `--mlflow` without a URI: MLFLOW_TRACKING_URI if set, else MLflow's local default store
 # (./mlruns with MLflow 2; ./mlflow.db with MLflow 3, which retired the file store).
 MLFLOW_DEFAULT = "default"
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number setting may take, low to high; an `open` end is excluded."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    unit: str = ""  # what the number counts, for messages ("pixels")
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def text(self, integer: bool) -> str:
+        """ "at least 1 and at most 1024" for whole numbers, "in [0, 1)" for the others."""
+        unit = f" {self.unit}" if self.unit else ""
+        if integer:
+            low = f"greater than {self.low}" if self.low_open else f"at least {self.low}"
+            high = f"less than {self.high}" if self.high_open else f"at most {self.high}"
+            return f"{low} and {high}{unit}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}{unit}"
+
+
+def number(default: float | None, low: float, high: float, unit: str = "", **ends: bool) -> Any:
+    """A number setting's field: its default and its Range (`low_open`, `high_open`)."""
+    return dataclasses.field(
+        default=default, metadata={"range": Range(low, high, unit=unit, **ends)}
+    )
+
+
+def one_of(default: Any, choices: tuple) -> Any:
+    """A setting's field that takes one of `choices` (also the flag's argparse choices)."""
+    return dataclasses.field(default=default, metadata={"choices": choices})
+
+
+def text(default: str | None, max_length: int = 0, pattern: str = "", words: str = "") -> Any:
+    """A text setting's field with a tighter limit than MAX_TEXT, or a pattern to match (which
+    `words` describe)."""
+    metadata = {"max_length": max_length} if max_length else {}
+    if pattern:
+        metadata.update(pattern=pattern, words=words or pattern)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# Limits far beyond any sensible run that keep every number a config file can give (a huge
+# integer, a negative count) from reaching torch, numpy or the filesystem.
+MAX_EPOCHS = 100_000
+MAX_MINUTES = 100_000.0  # time_budget
+MAX_BATCH = 1 << 20  # images per step (batch_size, lr_base_size)
+MAX_IMAGES = 10_000_000  # max_per_class, val_size
+MAX_STEPS = 1_000_000  # lookahead's period
+MAX_LR = 1e4  # any learning rate or decay factor (decoupled units reach 10 and more)
+MAX_WORKERS = 256  # DataLoader worker processes
+MAX_SEED = 2**32 - 1  # numpy's legacy seed range; torch takes more
+MAX_TEXT = 4096  # characters of any text setting (paths, URIs, names)
+MAX_TEACHERS = 64  # models in a distillation ensemble
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d{1,4})?"
+
+
 @dataclasses.dataclass
 class TrainConfig:
+    """Every setting, each declared with its type and range (`number`, `one_of`, `text`; bools
+    and paths need none beyond their type), all checked on construction (`__post_init__`), so
+    a config built in code is held to the same limits as one read from a file or flags."""
+
     # data
     data: str | None = (
         None  # any source budgetnet.data.sources reads (None: $BUDGETNET_DATA, ./data)
     )
-    max_per_class: int | None = None  # keep the first N training images of each class
+    max_per_class: int | None = number(None, 1, MAX_IMAGES)  # the first N train images per class
     # images held out from train for validation (0 = none; None: a tenth of them, at most 5000;
     # a run records the count it held out)
-    val_size: int | None = None
+    val_size: int | None = number(None, 0, MAX_IMAGES)
     # the splits the model trains on, joined by +: "train+test" trains on every labeled image
     # (for the model you submit; no test accuracy is then reported)
-    train_splits: str = "train"
-    normalize: str = "data"  # per-channel mean/std: data (of the training images) | imagenet
+    train_splits: str = text("train", max_length=64)
+    # per-channel mean/std: data (of the training images) | imagenet
+    normalize: str = one_of("data", ("data", "imagenet"))
     # schedule
-    epochs: int = 200
+    epochs: int = number(200, 1, MAX_EPOCHS)
     # minutes the run may take (None = off): the step rate is measured on the first steps and
     # `epochs` set to end inside it (budgetnet.training.budget); config.yaml records the epochs
-    time_budget: float | None = None
-    batch_size: int = 128  # images per optimizer step, over all processes
-    opt: str = "sgd"  # sgd | adam | adamw | muon (Muon for conv filters, SGD for the rest)
-    lr: float = 0.1  # peak learning rate per `lr_base_size` images in a batch (linear scaling)
-    lr_base_size: int = 128
-    momentum: float = 0.9  # SGD momentum (Adam: beta1)
-    nesterov: bool = False
-    weight_decay: float = 5e-4  # not applied to BatchNorm weights and biases (see bias_decay)
+    time_budget: float | None = number(None, 0, MAX_MINUTES, "minutes", low_open=True)
+    batch_size: int = number(128, 1, MAX_BATCH)  # images per optimizer step, over all processes
+    # sgd | adam | adamw | muon (Muon for conv filters, SGD for the rest)
+    opt: str = one_of("sgd", ("sgd", "adam", "adamw", "muon"))
+    # peak learning rate per `lr_base_size` images in a batch (linear scaling)
+    lr: float = number(0.1, 0, MAX_LR, low_open=True)
+    lr_base_size: int = number(128, 1, MAX_BATCH)
+    momentum: float = number(0.9, 0, 1, high_open=True)  # SGD momentum (Adam: beta1)
+    nesterov: bool = False  # SGD (and Muon's SGD part): needs a momentum above 0
+    # not applied to BatchNorm weights and biases (see bias_decay)
+    weight_decay: float = number(5e-4, 0, MAX_LR)
     # airbench's decoupled units: lr per lr_base_size images with the step size independent of
     # the momentum (the optimizer gets lr * batch / lr_base_size / (1 + 1 / (1 - momentum))),
     # and weight_decay independent of lr (the optimizer gets weight_decay / lr), so that each
     # step shrinks the weights by weight_decay * batch / lr_base_size / (1 + 1 / (1 - momentum))
     # at the peak
     decoupled: bool = False
-    bias_lr_scale: float = 1.0  # lr multiplier of BatchNorm biases (their decay per step kept)
+    # lr multiplier of BatchNorm biases (their decay per step kept)
+    bias_lr_scale: float = number(1.0, 0, MAX_LR, low_open=True)
     bias_decay: bool = False  # weight decay on BatchNorm weights and biases too (airbench)
-    muon_lr: float = 0.24  # opt muon: the filters' step size (per step; updates are orthogonal)
-    muon_momentum: float = 0.6  # opt muon: the filters' Nesterov momentum
+    # opt muon: the filters' step size (per step; updates are orthogonal)
+    muon_lr: float = number(0.24, 0, MAX_LR)
+    # opt muon: the filters' Nesterov momentum
+    muon_momentum: float = number(0.6, 0, 1, high_open=True)
     # cosine (linear warmup, then cosine) | onecycle | constant | linear (piecewise linear:
     # lr_start_factor x peak at step 0, the peak at warmup_epochs, lr_end_factor x peak at the end)
-    sched: str = "cosine"
-    warmup_epochs: float = 5.0  # cosine: linear warmup from 0; linear: where the peak is
-    min_lr: float = 0.0  # cosine: learning rate at the last step, absolute
-    lr_start_factor: float = 0.2  # linear: the first step's lr, as a fraction of the peak
-    lr_end_factor: float = 0.07  # linear: the last step's lr, as a fraction of the peak
-    onecycle_pct: float = 5 / 24  # onecycle: fraction of steps rising to the peak (epoch 5 of 24)
+    sched: str = one_of("cosine", ("cosine", "onecycle", "constant", "linear"))
+    # cosine: linear warmup from 0; linear: where the peak is
+    warmup_epochs: float = number(5.0, 0, MAX_EPOCHS, "epochs")
+    min_lr: float = number(0.0, 0, MAX_LR)  # cosine: learning rate at the last step, absolute
+    # linear: the first and the last step's lr, as a fraction of the peak
+    lr_start_factor: float = number(0.2, 0, 1)
+    lr_end_factor: float = number(0.07, 0, 1)
+    # onecycle: fraction of steps rising to the peak (epoch 5 of 24)
+    onecycle_pct: float = number(5 / 24, 0, 1, low_open=True, high_open=True)
     # augmentation
-    crop_padding: int = 4  # random crop after padding by this many pixels (0 = off)
-    padding_mode: str = "constant"  # the crop's padding: constant (zeros) | reflect
-    hflip: float = 0.5  # probability of a horizontal flip
+    # random crop after padding by this many pixels (0 = off; reflect padding needs less than
+    # the image side)
+    crop_padding: int = number(4, 0, IMAGE_SIZE, "pixels", high_open=True)
+    # the crop's padding: constant (zeros) | reflect
+    padding_mode: str = one_of("constant", ("constant", "reflect"))
+    hflip: float = number(0.5, 0, 1)  # probability of a horizontal flip
     # alternating flip (airbench): each image is mirrored or not at random once, and every
     # other epoch the whole set is mirrored, so each image is seen both ways in turn (hflip is
     # then unused)
     altflip: bool = False
     # per-image automatic augmentation (None = off): timm RandAugment "rand-m9-n2-mstd0.5", timm
     # AugMix "augmix-m3-w3", torchvision "trivialaugment" (TrivialAugmentWide) or
-    # "autoaugment-cifar10" (AutoAugment's CIFAR-10 policy)
-    aa: str | None = "rand-m9-n2-mstd0.5"
-    color_jitter: list[float] | None = None  # torchvision ColorJitter strengths: one value for
-    #                            brightness, contrast and saturation (as timm's --color-jitter),
-    #                            or 3 values, or 4 (+ hue)
-    color_jitter_prob: float = 1.0  # probability of jittering an image
-    grayscale_prob: float = 0.0  # probability of turning an image grey
-    affine_degrees: float = 0.0  # RandomAffine: rotate by up to +- this many degrees,
-    affine_translate: float = 0.0  # shift by up to +- this fraction of the side,
-    affine_scale: float = 0.0  # and zoom by a factor in [1 - this, 1 + this] (0 = off)
-    reprob: float = 0.25  # RandomErasing probability per image
-    remode: str = "pixel"  # RandomErasing fill: const (the mean colour) | rand | pixel
-    cutout: int = 0  # erase a cutout x cutout pixel square instead of a random rectangle (0 = off)
+    # "autoaugment-cifar10" (AutoAugment's CIFAR-10 policy); checked by `aa_sections`
+    aa: str | None = text("rand-m9-n2-mstd0.5", max_length=200)
+    # torchvision ColorJitter strengths: one value for brightness, contrast and saturation (as
+    # timm's --color-jitter), or 3 values, or 4 (+ hue, at most 0.5)
+    color_jitter: list[float] | None = dataclasses.field(
+        default=None, metadata={"range": Range(0, 10), "lengths": (1, 3, 4)}
+    )
+    color_jitter_prob: float = number(1.0, 0, 1)  # probability of jittering an image
+    grayscale_prob: float = number(0.0, 0, 1)  # probability of turning an image grey
+    # RandomAffine: rotate by up to +- this many degrees,
+    affine_degrees: float = number(0.0, 0, 180, "degrees")
+    affine_translate: float = number(0.0, 0, 1)  # shift by up to +- this fraction of the side,
+    # and zoom by a factor in [1 - this, 1 + this] (0 = off)
+    affine_scale: float = number(0.0, 0, 1, high_open=True)
+    reprob: float = number(0.25, 0, 1)  # RandomErasing probability per image
+    # RandomErasing fill: const (the mean colour) | rand | pixel
+    remode: str = one_of("pixel", ("const", "rand", "pixel"))
+    # erase a cutout x cutout pixel square instead of a random rectangle (0 = off)
+    cutout: int = number(0, 0, IMAGE_SIZE, "pixels", high_open=True)
     # Gaussian-noise augmentation (shift robustness): this fraction of every batch gets pixel
     # noise of a standard deviation drawn per image from U(0, noise_std), in [0, 1] pixel units
-    noise_prob: float = 0.0
-    noise_std: float = 0.1
-    mixup: float = 0.0  # Mixup alpha (0 = off)
-    cutmix: float = 0.0  # CutMix alpha (0 = off)
-    mixup_prob: float = 1.0  # probability of applying Mixup/CutMix to a batch
-    mixup_switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are on
-    smoothing: float = 0.05  # label smoothing of the cross-entropy
+    noise_prob: float = number(0.0, 0, 1)
+    noise_std: float = number(0.1, 0, 1)
+    mixup: float = number(0.0, 0, 100)  # Mixup alpha (0 = off)
+    cutmix: float = number(0.0, 0, 100)  # CutMix alpha (0 = off)
+    mixup_prob: float = number(1.0, 0, 1)  # probability of applying Mixup/CutMix to a batch
+    # probability of CutMix rather than Mixup when both are on
+    mixup_switch_prob: float = number(0.5, 0, 1)
+    smoothing: float = number(0.05, 0, 1)  # label smoothing of the cross-entropy
     # AugMix's Jensen-Shannon consistency loss: every image is seen clean and through two
     # `aa augmix-...` chains (3x the compute per image); timm JsdCrossEntropy
     jsd_loss: bool = False
     # knowledge distillation (budgetnet.training.objective): releases or run directories of
-    # models trained by this project (one, or an ensemble of any size) that the student learns
-    teacher: list[str] | None = None
-    kd_alpha: float = 0.5  # weight of the distillation term (1 - kd_alpha: the labels' loss)
-    kd_temperature: float = 4.0  # softmax temperature of teacher and student in that term
+    # models trained by this project (one, or an ensemble of up to MAX_TEACHERS) that the
+    # student learns
+    teacher: list[str] | None = dataclasses.field(
+        default=None, metadata={"lengths": range(1, MAX_TEACHERS + 1)}
+    )
+    # weight of the distillation term (1 - kd_alpha: the labels' loss)
+    kd_alpha: float = number(0.5, 0, 1)
+    # softmax temperature of teacher and student in that term
+    kd_temperature: float = number(4.0, 0, 100, low_open=True)
     # weights
     ema: bool = False  # keep an exponential moving average of the weights; it is evaluated
-    ema_decay: float = 0.9998  # per optimizer step (timm ModelEmaV3, with warmup)
+    ema_decay: float = number(0.9998, 0, 1)  # per optimizer step (timm ModelEmaV3, with warmup)
     # Lookahead-style averaging (airbench): every this many steps a slow copy of the weights
     # moves toward them and the network is reset to it (0 = off); budgetnet.training.lookahead
-    lookahead: int = 0
-    lookahead_decay: float = 0.95**5  # the slow copy's decay at the last step (ramps up as t^3)
-    whiten_bias_epochs: float = 3.0  # a whitening stem's bias trains for this many epochs only
+    lookahead: int = number(0, 0, MAX_STEPS, "steps")
+    # the slow copy's decay at the last step (ramps up as t^3)
+    lookahead_decay: float = number(0.95**5, 0, 1, high_open=True)
+    # a whitening stem's bias trains for this many epochs only
+    whiten_bias_epochs: float = number(3.0, 0, MAX_EPOCHS, "epochs")
     # stochastic weight averaging (budgetnet.training.swa): from epoch swa_start x epochs on,
     # average the weights after every epoch, at lr swa_lr (per lr_base_size images, as lr; None:
     # keep the schedule's), then recompute BatchNorm statistics and release the average
     swa: bool = False
-    swa_start: float = 0.75
-    swa_lr: float | None = None
+    swa_start: float = number(0.75, 0, 1, high_open=True)  # a fraction of the epochs
+    swa_lr: float | None = number(None, 0, MAX_LR, low_open=True)
     # speed
     amp: bool = True  # bf16 autocast where the device computes bf16 natively (else float32)
     channels_last: bool = True
-    threads: int = 0  # CPU threads (0 = every core this process may use)
+    # CPU threads (0 = every core this process may use); checked before torch sees it
+    threads: int = number(0, 0, MAX_THREADS)
     mallopt: bool = True  # CPU: keep freed memory for reuse (budgetnet.runtime.tune_allocator)
     compile: bool = False  # torch.compile the model
-    device_data: str = "auto"  # keep uint8 data on the device and augment batches there:
-    #                            auto (when no per-image PIL augmentation is asked) | on | off
-    workers: int = 2  # DataLoader worker processes for the PIL augmentation path
+    # keep uint8 data on the device and augment batches there: auto (when no per-image PIL
+    # augmentation is asked) | on | off
+    device_data: str = one_of("auto", ("auto", "on", "off"))
+    # DataLoader worker processes for the PIL augmentation path (0 = in this process)
+    workers: int = number(2, 0, MAX_WORKERS)
     # evaluation and stopping
-    tta: int = 1  # test-time augmentation level for the final test report (0, 1, 2)
-    patience: int = 0  # stop after this many epochs without a better val accuracy (0 = never)
-    min_delta: float = 0.0  # smallest val accuracy gain that counts as better
+    tta: int = one_of(1, (0, 1, 2))  # test-time augmentation level for the final test report
+    # stop after this many epochs without a better val accuracy (0 = never)
+    patience: int = number(0, 0, MAX_EPOCHS, "epochs")
+    min_delta: float = number(0.0, 0, 1)  # smallest val accuracy gain that counts as better
     # run
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = number(0, 0, MAX_SEED)
+    device: str = text(
+        "auto", pattern=DEVICE_PATTERN, words="auto, cpu, mps, cuda or cuda:N"
+    )  # auto | cpu | cuda | cuda:N | mps
     run_dir: str | None = None  # default runs/<time>-<model>
     plots_dir: str | None = None  # also publish the curves here (e.g. plots/)
     release_half: bool = True  # save the release weights in float16 (half the size)
@@ -149,6 +250,16 @@ class TrainConfig:
     tensorboard: bool = False  # TensorBoard event files in the run directory
     # MLflow tracking URI to log to (None = off); `--mlflow` alone means MLFLOW_DEFAULT.
     mlflow: str | None = dataclasses.field(default=None, metadata={"bare": MLFLOW_DEFAULT})
+
+    def __post_init__(self) -> None:
+        """Each value as its field's type and within its range, then the settings that depend
+        on each other; a one-line UserError naming the setting otherwise."""
+        for field in dataclasses.fields(self):
+            value = _typed(field, getattr(self, field.name))
+            setattr(self, field.name, value)
+            if value is not None:
+                _in_range(field, value)
+        _check(self)
 
     @property
     def effective_lr(self) -> float:
@@ -165,15 +276,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "opt": ("sgd", "adam", "adamw", "muon"),
-    "sched": ("cosine", "onecycle", "constant", "linear"),
-    "padding_mode": ("constant", "reflect"),
-    "remode": ("const", "rand", "pixel"),
-    "device_data": ("auto", "on", "off"),
-    "tta": (0, 1, 2),
-    "normalize": ("data", "imagenet"),
-}
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# The settings that take one of a few values (cli.py makes them argparse choices).
+CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if "choices" in f.metadata}
 
 # Named recipes are YAML files in configs/ (`--preset NAME` is `--config configs/NAME.yaml`).
 RECIPES_DIR = REPO_ROOT / "configs"
@@ -182,9 +287,9 @@ RECIPES_DIR = REPO_ROOT / "configs"
 def recipe_file(name: str) -> Path:
     """The config file of recipe `name` ("cpu-quick" and "cpu_quick" name the same file)."""
     path = RECIPES_DIR / f"{name.replace('-', '_')}.yaml"
-    if "/" in name or not path.is_file():
+    if "/" in name or "\0" in name or len(name) > 200 or not path.is_file():
         raise UserError(
-            f"unknown preset {shorten(repr(name))}; known: {', '.join(list_recipes())} "
+            f"unknown preset {shown(name, 80)}; known: {', '.join(list_recipes())} "
             "(the files in configs/; a model is --model NAME)"
         )
     return path
@@ -202,47 +307,73 @@ def list_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
-def _check(config: TrainConfig) -> TrainConfig:
-    for key, allowed in CHOICES.items():
-        if getattr(config, key) not in allowed:
-            raise UserError(
-                f"{key} must be one of {', '.join(map(str, allowed))}, got {getattr(config, key)!r}"
-            )
-    for key in ("epochs", "batch_size", "lr_base_size"):
-        if getattr(config, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
-    for key in (
-        "reprob",
-        "hflip",
-        "smoothing",
-        "mixup_prob",
-        "mixup_switch_prob",
-        "color_jitter_prob",
-        "grayscale_prob",
-        "affine_translate",
-        "noise_prob",
-        "noise_std",
-    ):
-        if not 0 <= getattr(config, key) <= 1:
-            raise UserError(f"{key} must be in [0, 1], got {getattr(config, key)}")
-    if config.affine_degrees < 0 or not 0 <= config.affine_scale < 1:
-        raise UserError("affine_degrees must be non-negative and affine_scale in [0, 1)")
-    if not 0 <= config.cutout < IMAGE_SIZE:
-        raise UserError(f"cutout must be in [0, {IMAGE_SIZE}) pixels, got {config.cutout}")
+def range_text(name: str) -> str:
+    """What setting `name` accepts, in words ("at least 0 and at most 256", "in [0, 1]")."""
+    field = FIELDS[name]
+    kind = str(field.type)
+    if "choices" in field.metadata:
+        return "one of " + ", ".join(map(str, field.metadata["choices"]))
+    words = []
+    if "lengths" in field.metadata:
+        lengths = field.metadata["lengths"]
+        count = (
+            f"{lengths.start} to {lengths.stop - 1}"
+            if isinstance(lengths, range)
+            else ", ".join(map(str, lengths[:-1])) + f" or {lengths[-1]}"
+        )
+        words.append(f"{count} values")
+    if "range" in field.metadata:
+        words.append(field.metadata["range"].text(kind.startswith("int")))
+    if "str" in kind:
+        if "words" in field.metadata:
+            words.append(field.metadata["words"])
+        else:
+            words.append(f"text of at most {field.metadata.get('max_length', MAX_TEXT)} characters")
+    if kind.startswith("bool"):
+        words.append("true or false")
+    return ", each ".join(words) + (" (or none)" if "None" in kind else "")
+
+
+def _in_range(field: dataclasses.Field, value: Any) -> None:
+    """`value` (already of the field's type, not None) within the field's declared limits."""
+    name, meta = field.name, field.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+    items = value if isinstance(value, list) else [value]
+    if "lengths" in meta and len(items) not in meta["lengths"]:
+        raise UserError(f"{name} takes {range_text(name)}, got {len(items)}: {shown(value)}")
+    for item in items:
+        if isinstance(item, str):
+            _check_text(field, item)
+        elif "range" in meta and isinstance(item, int | float) and item not in meta["range"]:
+            raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+
+
+def _check_text(field: dataclasses.Field, value: str) -> None:
+    name, limit = field.name, field.metadata.get("max_length", MAX_TEXT)
+    if len(value) > limit:
+        raise UserError(f"{name} is {len(value)} characters long; at most {limit}: {shown(value)}")
+    if "\0" in value:
+        raise UserError(f"{name} holds a NUL character: {shown(value)}")
+    pattern = field.metadata.get("pattern")
+    if pattern and not re.fullmatch(pattern, value):
+        raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+
+
+def _check(config: TrainConfig) -> None:
+    """The settings that depend on each other (each alone is in range already)."""
     if config.cutout and not config.reprob:
         raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
-    if config.time_budget is not None and not 0 < config.time_budget <= 100_000:
-        raise UserError(f"time_budget must be in (0, 100000] minutes, got {config.time_budget}")
-    if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
-        raise UserError("lr must be positive, weight_decay and warmup_epochs non-negative")
     parse_train_splits(config.train_splits)
     _check_fast_track(config)
     _check_kaggle_techniques(config)
     if (config.mixup or config.cutmix) and config.batch_size % 2:
         raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
-    if not 0 < config.onecycle_pct < 1:
-        raise UserError(f"onecycle_pct must be in (0, 1), got {config.onecycle_pct}")
-    return _check_color_jitter(config)
+    jitter = config.color_jitter
+    if jitter is not None and len(jitter) == 4 and not jitter[3] <= 0.5:
+        raise UserError(
+            f"color_jitter's hue (the 4th value) must be in [0, 0.5], got {jitter[3]:g}"
+        )
 
 
 def short_run_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
@@ -262,95 +393,125 @@ def short_run_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
 
 def _check_fast_track(config: TrainConfig) -> None:
     """The settings of the fast-track recipe: decoupled units, schedule, Muon, lookahead."""
-    if config.decoupled and (config.opt not in ("sgd", "muon") or not 0 <= config.momentum < 1):
-        raise UserError(
-            f"decoupled units are for SGD (or Muon's SGD part) with a momentum in [0, 1), got "
-            f"opt {config.opt}, momentum {config.momentum}"
-        )
-    for key in ("lr_start_factor", "lr_end_factor", "whiten_bias_epochs", "muon_lr"):
-        if not getattr(config, key) >= 0:
-            raise UserError(f"{key} must be non-negative, got {getattr(config, key)}")
-    if not config.bias_lr_scale > 0:
-        raise UserError(f"bias_lr_scale must be positive, got {config.bias_lr_scale}")
-    if not 0 <= config.muon_momentum < 1 or not 0 <= config.lookahead_decay < 1:
-        raise UserError("muon_momentum and lookahead_decay must be in [0, 1)")
+    sgd = config.opt in ("sgd", "muon")
+    if config.decoupled and not sgd:
+        raise UserError(f"decoupled units are for SGD (or Muon's SGD part), got opt {config.opt}")
+    if config.nesterov and sgd and not config.momentum > 0:
+        raise UserError("nesterov needs a momentum above 0 (SGD's Nesterov momentum)")
     if config.opt == "muon" and config.sched == "onecycle":
         raise UserError(
             "opt muon pairs two optimizers, which onecycle cannot drive: use another sched"
         )
-    if config.lookahead < 0 or config.threads < 0:
-        raise UserError("lookahead (steps) and threads must be non-negative")
 
 
 AA_NAMES = ("trivialaugment", "autoaugment-cifar10")  # torchvision's policies, by name
-AA_PREFIXES = ("rand", "augmix")  # timm's configurable policies: rand-m9-n2, augmix-m3-w3
 JSD_SPLITS = 3  # --jsd-loss: the clean view and two AugMix views of every image
+# The sections timm reads after "rand-" and "augmix-" (timm.data.auto_augment), with the
+# values it can use: magnitudes above 10 are clipped to mmax (at most timm's 10), and `t` names
+# a transform set. A section timm would skip or assert on is refused here instead.
+AA_SECTIONS = {
+    "rand": {
+        "m": (int, Range(0, 30)), "n": (int, Range(0, 16)), "p": (float, Range(0, 1)),
+        "mstd": (float, Range(0, 1000)), "mmax": (int, Range(0, 10)), "inc": (int, Range(0, 1)),
+        "t": (str, ("weights", "3aw", "3a")),
+    },
+    "augmix": {
+        "m": (int, Range(0, 30)), "w": (int, Range(1, 16)), "d": (int, Range(0, 16)),
+        "a": (float, Range(0, 100, low_open=True)), "b": (int, Range(0, 1)),
+        "mstd": (float, Range(0, 1000)),
+    },
+}  # fmt: skip
+
+
+def aa_sections(policy: str) -> dict[str, Any]:
+    """The sections of a timm policy ("rand-m9-n2-mstd0.5" -> {"m": 9, "n": 2, "mstd": 0.5}),
+    each known to timm and in range; a one-line error otherwise."""
+    kind, *sections = policy.split("-")
+    where = f"aa {shown(policy, 60)}"
+    if kind not in AA_SECTIONS:
+        raise UserError(
+            f"{where}: a timm rand-... or augmix-... policy, or one of {', '.join(AA_NAMES)} "
+            "(none = off)"
+        )
+    known, values = AA_SECTIONS[kind], {}
+    for section in sections:
+        if kind == "rand" and section.startswith("t"):
+            key, raw = "t", section[1:]
+        else:
+            match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", section)
+            key, raw = match.groups() if match else (section, "")
+        if key not in known or not raw or key in values:
+            raise UserError(
+                f"{where}: {shown(section, 20)} is no {kind} section of the form KEY + value, "
+                f"each once (keys {', '.join(known)})"
+            )
+        kind_of, allowed = known[key]
+        try:
+            value = kind_of(raw)
+        except ValueError:
+            value = None
+        if value is None or value not in allowed:
+            limits = (
+                allowed.text(kind_of is int)
+                if isinstance(allowed, Range)
+                else "one of " + ", ".join(allowed)
+            )
+            raise UserError(
+                f"{where}: section {key} must be {'an integer ' if kind_of is int else ''}{limits}, got {shown(raw, 20)}"
+            )
+        values[key] = value
+    return values
 
 
 def _check_kaggle_techniques(config: TrainConfig) -> None:
-    """Augmentation policies, the JSD loss, distillation and SWA."""
+    """Augmentation policies, the JSD loss and distillation."""
     aa = config.aa
-    if aa and aa not in AA_NAMES and aa.split("-")[0] not in AA_PREFIXES:
-        raise UserError(
-            f"aa {shorten(repr(aa))}: a timm rand-... or augmix-... policy, or one of "
-            f"{', '.join(AA_NAMES)} (none = off)"
-        )
+    if aa and aa not in AA_NAMES:
+        aa_sections(aa)
     if config.jsd_loss and not (aa or "").startswith("augmix"):
         raise UserError("jsd_loss compares AugMix views: give an --aa augmix-... policy")
     if config.jsd_loss and (config.mixup or config.cutmix or config.altflip or config.teacher):
         raise UserError("jsd_loss does not combine with mixup, cutmix, altflip or a teacher")
-    if config.teacher is not None and (
-        not isinstance(config.teacher, list)
-        or not config.teacher
-        or not all(isinstance(path, str) for path in config.teacher)
-    ):
-        raise UserError(f"teacher must be a list of paths, got {brief(config.teacher)}")
-    if not 0 <= config.kd_alpha <= 1 or not config.kd_temperature > 0:
-        raise UserError("kd_alpha must be in [0, 1] and kd_temperature positive")
-    if not 0 <= config.swa_start < 1 or (config.swa_lr is not None and not config.swa_lr > 0):
-        raise UserError("swa_start must be in [0, 1) (a fraction of the epochs), swa_lr positive")
 
 
-def _check_color_jitter(config: TrainConfig) -> TrainConfig:
-    """A single number (as timm's --color-jitter takes in a config file) becomes a list."""
-    jitter = config.color_jitter
-    if jitter is None:
-        return config
-    if isinstance(jitter, int | float):
-        jitter = [jitter]
-    if (
-        not isinstance(jitter, list | tuple)
-        or len(jitter) not in (1, 3, 4)
-        or not all(isinstance(v, int | float) and v >= 0 for v in jitter)
-    ):
-        raise UserError(
-            "color_jitter takes 1, 3 or 4 non-negative strengths (brightness, contrast, "
-            f"saturation, hue), got {config.color_jitter!r}"
-        )
-    return dataclasses.replace(config, color_jitter=[float(v) for v in jitter])
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _typed(name: str, value: Any, where: str) -> Any:
-    """`value` as field `name`'s type, or a one-line error: no silent coercion of "10" or
-    12.5 to an integer, no NaN or infinity, and "none" for an optional text setting is None."""
-    kind = str(FIELDS[name].type)
+def _typed(field: dataclasses.Field, value: Any) -> Any:
+    """`value` as `field`'s type, or a one-line error: no silent coercion of "10" or 12.5 to an
+    integer, no NaN or infinity, and "none" for an optional text setting is None. Lists: each
+    item so (one number for a list of numbers is a list of one)."""
+    name, kind = field.name, str(field.type)
     optional = "None" in kind
-    if value is None or (optional and "str" in kind and str(value).lower() in ("none", "null")):
+    if value is None or (
+        optional and "str" in kind and isinstance(value, str) and value.lower() in ("none", "null")
+    ):
         if optional:
             return None
-        raise UserError(f"{where}: {name} needs a value, got None")
-    if kind.startswith("list"):  # color_jitter: checked by _check_color_jitter
-        return value
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        raise UserError(f"{name} needs a value, got None")
+    if not kind.startswith("list"):
+        return _typed_item(name, kind, value)
+    item_kind = kind.removeprefix("list[").split("]")[0]
+    if item_kind == "float" and _is_number(value):
+        value = [value]  # color_jitter: 0.4, as timm's --color-jitter takes it
+    if not isinstance(value, list | tuple):
+        expected = "numbers" if item_kind == "float" else "paths"
+        raise UserError(f"{name} must be a list of {expected}, got {brief(value)}")
+    return [_typed_item(f"{name}[{i}]", item_kind, item) for i, item in enumerate(value)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed_item(name: str, kind: str, value: Any) -> Any:
     if kind.startswith("bool"):
         ok, expected = isinstance(value, bool), "true or false"
     elif kind.startswith("int"):
-        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        ok, expected = _is_number(value) and isinstance(value, int), "an integer"
     elif kind.startswith("float"):
-        ok, expected = is_number and math.isfinite(value), "a finite number"
+        try:
+            ok = _is_number(value) and math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        expected = "a finite number"
         value = float(value) if ok else value
     else:
         ok, expected = isinstance(value, str), "text"
@@ -358,24 +519,26 @@ def _typed(name: str, value: Any, where: str) -> Any:
         hint = ""
         if isinstance(value, str) and kind.startswith("float") and _looks_numeric(value):
             hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
-        raise UserError(f"{where}: {name} must be {expected}, got {brief(value)}{hint}")
+        raise UserError(f"{name} must be {expected}, got {brief(value)}{hint}")
     return value
 
 
 def _looks_numeric(text: str) -> bool:
     try:
         float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return False
     return True
 
 
 def merge(config: TrainConfig, overrides: dict[str, Any], where: str) -> TrainConfig:
-    """`config` with `overrides` applied; unknown keys and values of the wrong type are errors
-    naming `where`."""
+    """`config` with `overrides` applied; unknown keys and values of the wrong type or out of
+    range are one-line errors naming `where`."""
     reject_unknown(overrides, FIELDS, "setting", where)
-    typed = {name: _typed(name, value, where) for name, value in overrides.items()}
-    return _check(dataclasses.replace(config, **typed))
+    try:
+        return dataclasses.replace(config, **overrides)
+    except UserError as exc:
+        raise UserError(f"{shorten(str(where), 100)}: {exc}") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

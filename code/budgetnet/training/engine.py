@@ -585,11 +585,14 @@ def fit(
     argv: list[str] | None = None,
     splits: DataSplits | None = None,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train `spec` with `config`; returns the final results (also in results.json).
 
     `resume`: a run directory to continue from its last.pt. `splits`: already loaded data
-    (the budget search reuses one load for many runs)."""
+    (the budget search reuses one load for many runs). `on_epoch`: called with each epoch's
+    history row once it is saved; an exception it raises ends the run there (a study's
+    pruner)."""
     from torchvision.utils import save_image
 
     started = time.perf_counter()
@@ -617,7 +620,10 @@ def fit(
     with tracker.run(run_dir, record, progress.history, parameters, resumed=resume is not None):
         for epoch in range(progress.epoch, config.epochs):
             row = train_epoch(s, epoch, tracker)
-            if end_epoch(s, progress, row, run_dir, record, tracker):
+            stop = end_epoch(s, progress, row, run_dir, record, tracker)
+            if on_epoch is not None:
+                on_epoch(progress.history[-1])
+            if stop:
                 break
         if s.average is not None:
             release_average(s, progress, run_dir, record)

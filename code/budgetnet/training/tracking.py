@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,9 @@ import torch
 import yaml
 from PIL import Image
 
+from budgetnet import runs
 from budgetnet.errors import UserError
-from budgetnet.files import atomic_write
+from budgetnet.files import atomic_write, read_regular_file
 from budgetnet.models import checkpoint
 from budgetnet.tables import markdown_table
 from budgetnet.training.config import MLFLOW_DEFAULT, TrainConfig
@@ -114,7 +114,13 @@ class Tracker:
         if uri != MLFLOW_DEFAULT:
             mlflow.set_tracking_uri(uri)
         id_file = self.run_dir / MLFLOW_RUN_FILE
-        run_id = id_file.read_text().strip() if resumed and id_file.exists() else None
+        run_id = (
+            read_regular_file(id_file, 4096, "MLflow run id file")
+            .decode("ascii", "replace")
+            .strip()
+            if resumed and id_file.exists()
+            else None
+        )
         try:
             active = mlflow.start_run(run_id=run_id, run_name=self.run_dir.name)
         except mlflow.exceptions.MlflowException as exc:
@@ -264,4 +270,4 @@ def _metrics_table(metrics: dict) -> list[str]:
 def _released_metrics(run_dir: Path) -> dict:
     """The metrics of a release already in the run (a resumed run's best epoch), else {}."""
     meta = run_dir / checkpoint.BEST_DIR / checkpoint.META_FILE
-    return json.loads(meta.read_text())["metrics"] if meta.exists() else {}
+    return runs.read_json(meta).get("metrics", {}) if meta.exists() else {}
