@@ -111,3 +111,25 @@ def run_main(tmp_path):
         return run_in_process(script, *args, cache=tmp_path / "cache", env=env)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """A release of a random tiny network (a module may define its own `release`)."""
+    from tiny import save_random_release
+
+    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1)
+
+
+@pytest.fixture
+def pkl(tmp_path) -> Path:
+    """A Kaggle-style unlabeled pickle of 6 random images with ids 5 9 1 7 3 8."""
+    import numpy as np
+
+    from budgetnet.data.kaggle import write_unlabeled_pickle
+
+    from cifar_files import random_images
+
+    path = tmp_path / "test.pkl"
+    write_unlabeled_pickle(path, random_images(6, seed=2), np.array([5, 9, 1, 7, 3, 8]))
+    return path

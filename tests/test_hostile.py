@@ -22,11 +22,10 @@ import inference
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from budgetnet import files
-from budgetnet.data.kaggle import write_unlabeled_pickle
 from budgetnet.data.safe_pickle import safe_loads
 from budgetnet.data.sources import decode_images, load_split, load_splits
 from budgetnet.errors import ArgumentParser, UserError, brief
@@ -41,33 +40,10 @@ from budgetnet.training.lr_range import lr_range_test
 
 from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
-from tiny import NORM, TINY_SPEC, TRAIN_FLAGS, edited_release, save_random_release, tiny_config
+from refusals import fuzz_settings, refused
+from tiny import NORM, TINY_SPEC, TRAIN_FLAGS, edited_release, tiny_config
 
-FUZZ = settings(
-    max_examples=int(os.environ.get("BUDGETNET_FUZZ_EXAMPLES", 300)),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1)
-
-
-@pytest.fixture
-def pkl(tmp_path):
-    path = tmp_path / "test.pkl"
-    write_unlabeled_pickle(path, random_images(6, seed=2), np.array([5, 9, 1, 7, 3, 8]))
-    return path
-
-
-def refused(call, match: str) -> str:
-    with pytest.raises(UserError, match=match) as info:
-        call()
-    message = str(info.value)
-    assert len(message) < 600, message  # never the whole hostile value
-    return message
+FUZZ = fuzz_settings()
 
 
 # --------------------------------------------------------------------------------------------

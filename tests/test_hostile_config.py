@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import re
 import time
 import tracemalloc
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from budgetnet import runtime
@@ -34,12 +33,9 @@ from budgetnet.training.config import (
 )
 
 from conftest import REPO
+from refusals import fuzz_settings
 
-FUZZ = settings(
-    max_examples=int(os.environ.get("BUDGETNET_FUZZ_EXAMPLES", 200)),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(200)
 MESSAGE_LIMIT = 300  # characters of any refusal: never the whole hostile value
 MODEL_KEYS = [f.name for f in dataclasses.fields(ResNetSpec)]
 

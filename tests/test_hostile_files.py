@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
 from budgetnet import runs
-from budgetnet.data.kaggle import write_unlabeled_pickle
 from budgetnet.data.sources import (
     MAX_IMAGE_PIXELS,
     UPLOAD_FORMATS,
@@ -39,34 +38,11 @@ from budgetnet.models.checkpoint import load_state
 
 from cifar_files import random_images, write_image_folder
 from conftest import REPO
-from tiny import TINY_SPEC, TRAIN_FLAGS, save_random_release, tiny_config
+from refusals import fuzz_settings, refused
+from tiny import TINY_SPEC, TRAIN_FLAGS, tiny_config
 
-FUZZ = settings(
-    max_examples=int(os.environ.get("BUDGETNET_FUZZ_EXAMPLES", 300)),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings()
 TOO_LONG = "x" * 300  # one path component longer than any file system's NAME_MAX (255)
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1)
-
-
-@pytest.fixture
-def pkl(tmp_path):
-    path = tmp_path / "test.pkl"
-    write_unlabeled_pickle(path, random_images(4, seed=2), np.array([5, 9, 1, 7]))
-    return path
-
-
-def refused(call, match: str) -> str:
-    with pytest.raises(UserError, match=match) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and len(message) < 600, message
-    return message
 
 
 def one_line_exit_2(result: subprocess.CompletedProcess, match: str) -> str:

@@ -22,9 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from budgetnet.data.kaggle import write_unlabeled_pickle
 from budgetnet.data.sources import ImageSet, load_split
-from budgetnet.errors import UserError
 from budgetnet.evaluation.ensemble import load_ensemble
 from budgetnet.evaluation.report import corruption_report
 from budgetnet.models import checkpoint
@@ -36,29 +34,10 @@ from budgetnet.submission.csv_file import check_submission, read_submission
 
 from cifar_files import CIFAR10_CLASSES, random_images, write_archive, write_cifar10
 from conftest import REPO
-from tiny import NORM, TINY_SPEC, save_random_release
+from refusals import refused
+from tiny import NORM, TINY_SPEC
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return save_random_release(tmp_path_factory.mktemp("release") / "m", 1)
-
-
-@pytest.fixture
-def pkl(tmp_path):
-    path = tmp_path / "test.pkl"
-    write_unlabeled_pickle(path, random_images(6, seed=2), np.array([5, 9, 1, 7, 3, 8]))
-    return path
-
-
-def refused(call, match: str) -> str:
-    with pytest.raises(UserError, match=match) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and len(message) < 600, message
-    return message
 
 
 def assert_one_line_refusal(result, match: str) -> None:

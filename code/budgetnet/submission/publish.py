@@ -29,7 +29,7 @@ from budgetnet.evaluation.infer import BATCH_SIZE
 from budgetnet.evaluation.report import evaluate_ensemble, write_report
 from budgetnet.files import atomic_write
 from budgetnet.models import checkpoint
-from budgetnet.models.complexity import count_flops, count_params
+from budgetnet.models.complexity import PARAMETER_BUDGET, count_flops, count_params
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.runtime import cpu_model, resolve_device
 from budgetnet.tables import markdown_table, percent
@@ -91,7 +91,8 @@ def publish_release(run: FinishedRun, out: Path) -> Path:
     """Copy the run's release (its best model) to `out` with the test metrics and a record of
     the publishing; the folder is staged beside `out` and renamed into place."""
     run_dir = run.path
-    release = checkpoint.load_release(run_dir)  # refuses a release that does not load
+    # refuses a release that does not load, or that the competition's budget does not allow
+    release = checkpoint.load_release(run_dir, max_params=PARAMETER_BUDGET)
     meta = dict(release.meta)
     metrics = {k: v for k, v in run.results.items() if k != "run_dir"}
     meta["metrics"] = {**meta["metrics"], **metrics}
@@ -122,7 +123,7 @@ def evaluate_release(
     """The test split at TTA 0, 1 and 2 plus the corruption sweep (at TTA 2, on a stratified
     sample); the report and figures are written, the report returned."""
     device = resolve_device("auto")
-    ensemble = load_ensemble([folder], device)
+    ensemble = load_ensemble([folder], device, max_params=PARAMETER_BUDGET)
     images = labeled_split(ensemble, "test", data)
     result = evaluate_ensemble(
         ensemble,
@@ -279,9 +280,13 @@ def publish(
             run_dir / checkpoint.BEST_DIR, data, report_dir, report_dir, corruption_images
         )
     else:
+        # Scored before it replaces anything: a release that gives non-finite probabilities or
+        # breaks the budget is refused while the shipped one is still in place.
+        report = evaluate_release(
+            run_dir / checkpoint.BEST_DIR, data, results_dir, plots_dir, corruption_images
+        )
         publish_release(run, out)
         release = run_dir.name  # what publish_release recorded as from_run
-        report = evaluate_release(out, data, results_dir, plots_dir, corruption_images)
         for name in RUN_FILES:
             shutil.copyfile(run_dir / name, results_dir / name)
         for name in CURVES:

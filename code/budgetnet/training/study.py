@@ -152,6 +152,8 @@ class Sample:
     spec: ResNetSpec | None
     recipe: dict[str, Any]
     infeasible: str | None = None
+    # parameters over the budget (<= 0: within it), the constraint TPE learns to keep
+    excess: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +216,12 @@ class SearchSpace:
                 block=suggest(m["block"], "block"), stem=suggest(m["stem"], "stem"),
             )  # fmt: skip
         except UserError as exc:
-            return Sample(None, recipe, f"not a network: {exc}")
+            return Sample(None, recipe, f"not a network: {exc}", excess=float(max_params))
         params = count_params(spec)
         if params > max_params:
-            return Sample(spec, recipe, f"{params:,} parameters > the budget of {max_params:,}")
-        return Sample(spec, recipe)
+            why = f"{params:,} parameters > the budget of {max_params:,}"
+            return Sample(spec, recipe, why, excess=float(params - max_params))
+        return Sample(spec, recipe, excess=float(params - max_params))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,18 +248,26 @@ def open_study(name: str, url: str, fingerprint: str, seed: int | None, pruner):
     else:
         engine = {"pool_pre_ping": True, "connect_args": _connect_timeout(url)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        study = optuna.create_study(
-            storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner,
-        )  # fmt: skip
-        made_for = study.user_attrs.get(SPACE_ATTR)
-        if made_for is None:
-            study.set_user_attr(SPACE_ATTR, fingerprint)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        message = " ".join(str(exc).split("\n")[0].split())
-        raise UserError(f"cannot open study storage {shown}: {shorten(message, 160)}") from None
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            study = optuna.create_study(
+                storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner,
+            )  # fmt: skip
+            made_for = study.user_attrs.get(SPACE_ATTR)
+            if made_for is None:
+                study.set_user_attr(SPACE_ATTR, fingerprint)
+            break
+        except sqlalchemy.exc.IntegrityError:
+            # Workers started together on a new database race to create Optuna's tables; the
+            # loser finds them made on its next try.
+            if attempt == 4:
+                raise UserError(f"cannot create the study tables in {shown}") from None
+            time.sleep(0.5 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
+            message = " ".join(str(exc).split("\n")[0].split())
+            raise UserError(f"cannot open study storage {shown}: {shorten(message, 160)}") from None
     if made_for is not None and made_for != fingerprint:
         raise UserError(
             f"study {name!r} in {shown} was made for another space or schedule "
@@ -373,6 +384,10 @@ def run_worker(study, space: SearchSpace, base: TrainConfig, splits, trials: int
     while progress.done < trials:
         trial = study.ask()
         sample = space.sample(trial, max_params)
+        # Told as a constraint, not only as pruned: TPE then ranks an infeasible sample below
+        # every feasible one (a pruned trial without values would count among its "good" ones
+        # and draw the sampler towards the infeasible region).
+        trial.set_constraint("parameters_over_budget", sample.excess)
         if sample.infeasible:
             trial.set_user_attr("infeasible", sample.infeasible)
             study.tell(trial, state=TrialState.PRUNED)
