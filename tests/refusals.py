@@ -28,3 +28,17 @@ def refused(call, match: str) -> str:
     message = str(info.value)
     assert "\n" not in message and len(message) < 600, message
     return message
+
+
+def mutated(items, edits):
+    """`items` (a list or bytearray) after each (position, kind, value) edit: r replaces,
+    i inserts, d deletes."""
+    for position, kind, value in edits:
+        at = position % (len(items) + 1)
+        if kind == "r" and at < len(items):
+            items[at] = value
+        elif kind == "i":
+            items.insert(at, value)
+        elif at < len(items):
+            del items[at]
+    return items

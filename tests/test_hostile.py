@@ -40,7 +40,7 @@ from budgetnet.training.lr_range import lr_range_test
 
 from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
-from refusals import fuzz_settings, refused
+from refusals import fuzz_settings, mutated, refused
 from tiny import NORM, TINY_SPEC, TRAIN_FLAGS, edited_release, tiny_config
 
 FUZZ = fuzz_settings()
@@ -434,20 +434,7 @@ def test_fuzz_random_bytes_load_as_plain_values_or_are_refused(data):
              min_size=1, max_size=6),
 )  # fmt: skip
 def test_fuzz_mutated_pickles_load_as_plain_values_or_are_refused(valid, edits):
-    _load_or_refuse(bytes(_mutated(bytearray(valid), [(p, k, b) for p, b, k in edits])))
-
-
-def _mutated(items: list, edits) -> list:
-    """`items` after each (position, kind, value) edit: r replaces, i inserts, d deletes."""
-    for position, kind, value in edits:
-        at = position % (len(items) + 1)
-        if kind == "r" and at < len(items):
-            items[at] = value
-        elif kind == "i":
-            items.insert(at, value)
-        elif at < len(items):
-            del items[at]
-    return items
+    _load_or_refuse(bytes(mutated(bytearray(valid), [(p, k, b) for p, b, k in edits])))
 
 
 def _check_or_refuse(tmp_path, content: bytes) -> None:
@@ -475,7 +462,7 @@ def test_fuzz_random_bytes_pass_the_csv_check_or_are_refused(tmp_path, content):
              min_size=1, max_size=5),
 )  # fmt: skip
 def test_fuzz_mutated_csvs_pass_the_check_or_are_refused(tmp_path, edits):
-    text = _mutated(list("ID,Labels\n1,4\n2,0\n3,9\n"), edits)
+    text = mutated(list("ID,Labels\n1,4\n2,0\n3,9\n"), edits)
     _check_or_refuse(tmp_path, "".join(text).encode("utf-8"))
 
 

@@ -38,7 +38,7 @@ from budgetnet.models.checkpoint import load_state
 
 from cifar_files import random_images, write_image_folder
 from conftest import REPO
-from refusals import fuzz_settings, refused
+from refusals import fuzz_settings, mutated, refused
 from tiny import TINY_SPEC, TRAIN_FLAGS, tiny_config
 
 FUZZ = fuzz_settings()
@@ -420,20 +420,6 @@ def _decode_or_refuse(tmp_path: Path, data: bytes) -> None:
     assert pixels.shape[0] * pixels.shape[1] <= MAX_IMAGE_PIXELS
 
 
-def _mutated(data: bytes, edits) -> bytes:
-    """`data` after each (position, kind, value) edit: r replaces, i inserts, d deletes."""
-    items = bytearray(data)
-    for position, kind, value in edits:
-        at = position % (len(items) + 1)
-        if kind == "r" and at < len(items):
-            items[at] = value
-        elif kind == "i":
-            items.insert(at, value)
-        elif at < len(items):
-            del items[at]
-    return bytes(items)
-
-
 @FUZZ
 @given(st.binary(max_size=600))
 def test_fuzz_random_bytes_decode_or_are_refused(tmp_path, data):
@@ -448,7 +434,7 @@ def test_fuzz_random_bytes_decode_or_are_refused(tmp_path, data):
              min_size=1, max_size=8),
 )  # fmt: skip
 def test_fuzz_mutated_images_decode_or_are_refused(tmp_path, valid, edits):
-    _decode_or_refuse(tmp_path, _mutated(valid, edits))
+    _decode_or_refuse(tmp_path, bytes(mutated(bytearray(valid), edits)))
 
 
 _SIDES = st.integers(0, 40) | st.sampled_from([4096, 4097, 2**16, 2**31 - 1])
