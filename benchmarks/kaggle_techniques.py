@@ -66,12 +66,12 @@ def base_config(
 
 
 def train(config: TrainConfig, spec: ResNetSpec, splits, log) -> dict:
-    if (Path(config.run_dir) / "results.json").exists():  # finished before: reuse it
-        return json.loads((Path(config.run_dir) / "results.json").read_text())
+    if (Path(config.outputs.run_dir) / "results.json").exists():  # finished before: reuse it
+        return json.loads((Path(config.outputs.run_dir) / "results.json").read_text())
     started = time.perf_counter()
     results = fit(config, spec, splits=splits, log=lambda line: None)
     results["wall_seconds"] = time.perf_counter() - started
-    log(f"{config.run_dir}: {json.dumps(results)}")
+    log(f"{config.outputs.run_dir}: {json.dumps(results)}")
     return results
 
 
@@ -94,7 +94,7 @@ def run_all(args: argparse.Namespace, log) -> dict[str, list[dict]]:
         run = args.runs / f"teacher-{seed}-e{args.teacher_epochs}"
         config = base_config(args, run, seed, args.teacher_epochs)
         teacher_results.append(train(config, TEACHER, splits, log))
-        teachers.append(str(config.run_dir))
+        teachers.append(str(config.outputs.run_dir))
     rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for seed in args.seeds:
         for name, settings in VARIANTS.items():

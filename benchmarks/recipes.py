@@ -81,8 +81,8 @@ def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
         "val_acc": results["val_acc"],
         "test_acc_tta0": results["test_acc_tta0"],
         f"test_acc_tta{TTA}": results[f"test_acc_tta{TTA}"],
-        "corruption_mean": sweep["mean_acc"],
-        **{name: statistics.mean(sweep["acc"][name].values()) for name in NOISES},
+        "corruption_mean": sweep.mean_acc,
+        **{name: sweep.mean_by_corruption()[name] for name in NOISES},
         "train_seconds": results["train_seconds"],
         "process_seconds": seconds,
         "precision": "bf16 autocast"

@@ -16,7 +16,7 @@ from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS
-from budgetnet.evaluation.report import evaluate_ensemble, write_report
+from budgetnet.evaluation.report import EvaluationReport, evaluate_ensemble, write_report
 from budgetnet.files import check_output_dir
 
 
@@ -69,18 +69,18 @@ def make_parser() -> ArgumentParser:
     return parser
 
 
-def print_summary(report: dict) -> None:
-    for row in report["tta"]:
+def print_summary(report: EvaluationReport) -> None:
+    for row in report.tta:
         print(
-            f"TTA {row['level']}: accuracy {100 * row['acc']:.2f}%, macro mAP "
-            f"{100 * row['macro_map']:.2f}%, ECE {100 * row['ece']:.2f}% "
-            f"({row['images_per_second']:.0f} images/s)"
+            f"TTA {row.level}: accuracy {100 * row.acc:.2f}%, macro mAP "
+            f"{100 * row.macro_map:.2f}%, ECE {100 * row.ece:.2f}% "
+            f"({row.images_per_second:.0f} images/s)"
         )
-    if "corruptions" in report:
-        sweep = report["corruptions"]
+    sweep = report.corruptions
+    if sweep is not None:
         print(
-            f"corruptions: mean accuracy {100 * sweep['mean_acc']:.2f}% "
-            f"(clean {100 * sweep['clean_acc']:.2f}%) on {sweep['images']} images"
+            f"corruptions: mean accuracy {100 * sweep.mean_acc:.2f}% "
+            f"(clean {100 * sweep.clean_acc:.2f}%) on {sweep.images} images"
         )
 
 

@@ -37,19 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     check_output_file(args.out, "--out")
     check_output_file(args.out.with_suffix(".csv"), "--out")
     splits = load_splits(
-        config.data, val_size=0, max_per_class=config.max_per_class, seed=config.seed
+        config.dataset.data,
+        val_size=0,
+        max_per_class=config.dataset.max_per_class,
+        seed=config.runtime.seed,
     )
     result = lr_range_test(
         config, spec, splits, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps
     )
-    save_figure(lr_range_figure(result), args.out)
+    figure = lr_range_figure(
+        result["lr"], result["loss"], result["smoothed"], result["suggested_lr"]
+    )
+    save_figure(figure, args.out)
     with atomic_write(args.out.with_suffix(".csv"), newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["lr", "loss", "smoothed"])
         writer.writerows(zip(result["lr"], result["loss"], result["smoothed"], strict=True))
     print(
         f"{len(result['lr'])} steps; steepest descent at lr {result['suggested_lr']:.3g} per "
-        f"batch of {config.batch_size} (minimum loss at {result['min_loss_lr']:.3g}); "
+        f"batch of {config.optimizer.batch_size} (minimum loss at {result['min_loss_lr']:.3g}); "
         f"plot {args.out}"
     )
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from budgetnet.errors import ArgumentParser, UserError, run_cli
 from budgetnet.files import check_output_dir, check_output_file
-from budgetnet.submission.publish import publish
+from budgetnet.submission.release import publish
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,9 +59,9 @@ def training_config(args) -> train_config.TrainConfig:
     }
     config = train_config.merge(config, flags, "flags")  # the epochs checked before they are used
     config = train_config.merge(
-        config, {"warmup_epochs": min(config.warmup_epochs, args.epochs / 4)}, "flags"
+        config, {"warmup_epochs": min(config.schedule.warmup_epochs, args.epochs / 4)}, "flags"
     )
-    if config.val_size == 0:
+    if config.dataset.val_size == 0:
         raise UserError("ranking by training needs a validation split (val_size > 0)")
     return config
 
@@ -76,11 +76,14 @@ def train_ranking(
     config = config or training_config(args)
 
     splits = load_splits(
-        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+        config.dataset.data,
+        val_size=config.dataset.val_size,
+        max_per_class=config.dataset.max_per_class,
+        seed=config.runtime.seed,
     )
 
     def validation_accuracy(spec) -> float:
-        run = dataclasses.replace(config, run_dir=str(out / "train" / model_name(spec)))
+        run = config.with_values(run_dir=str(out / "train" / model_name(spec)))
         return fit(run, spec, splits=splits)["val_acc"]
 
     ranked = rank_by_training(candidates, validation_accuracy, args.train_top)
@@ -90,7 +93,7 @@ def train_ranking(
     write_rows(out / "trained.csv", header, rows)
     return (
         f"Top {args.train_top} by validation accuracy after {args.epochs} epochs "
-        f"({len(splits.val)} held-out images, seed {config.seed}):\n\n"
+        f"({len(splits.val)} held-out images, seed {config.runtime.seed}):\n\n"
         + markdown_table(header, rows)
     )
 
@@ -104,24 +107,30 @@ def run_study(args, max_params: int) -> int:
         config = train_config.merge(config, {"time_budget": args.time_budget}, "--time-budget")
     space = studies.SearchSpace.load(args.space, config)
     # What makes two workers' trials comparable (not the data's path: machines differ).
+    flat = config.flat()
     settings = {
-        "max_params": max_params, "epochs": config.epochs, "time_budget": config.time_budget,
-        "max_per_class": config.max_per_class, "val_size": config.val_size,
-        "seed": config.seed, "objective": "best validation accuracy",
-    }  # fmt: skip
+        "max_params": max_params,
+        **{
+            key: flat[key] for key in ("epochs", "time_budget", "max_per_class", "val_size", "seed")
+        },
+        "objective": "best validation accuracy",
+    }
     out = Path(args.out) / args.study
     check_output_dir(out, "--out")
     storage = args.storage or studies.default_storage(args.study)
-    pruner = studies.make_pruner(args.pruner, args.prune_after, config.epochs)
+    pruner = studies.make_pruner(args.pruner, args.prune_after, config.schedule.epochs)
     study = studies.open_study(
         args.study, storage, space.fingerprint(settings), args.sampler_seed, pruner
     )
     splits = load_splits(
-        config.data, val_size=config.val_size, max_per_class=config.max_per_class, seed=config.seed
+        config.dataset.data,
+        val_size=config.dataset.val_size,
+        max_per_class=config.dataset.max_per_class,
+        seed=config.runtime.seed,
     )
     print(
         f"study {args.study}: {len(study.trials)} trials so far; this worker runs "
-        f"{args.trials} of {config.epochs} epochs each (pruner: {args.pruner}), on "
+        f"{args.trials} of {config.schedule.epochs} epochs each (pruner: {args.pruner}), on "
         f"{len(splits.train)} train / {len(splits.val)} val images"
     )
     # A worker stopped with SIGTERM (a scheduler, `kill`) tells the storage its trial failed,

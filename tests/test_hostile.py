@@ -226,7 +226,7 @@ def test_aa_none_on_the_command_line_turns_randaugment_off():
     parser = ArgumentParser()
     add_config_arguments(parser)
     config, _ = resolve_training(parser.parse_args(["--aa", "None"]))
-    assert config.aa is None
+    assert config.augment.aa is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,10 +354,12 @@ def test_huge_png_is_refused_before_decoding(tmp_path):
 
 
 def test_a_short_run_shortens_its_warmup_and_says_so(cifar, tmp_path):
-    config, note = short_run_warmup(TrainConfig(epochs=1))
-    assert config.warmup_epochs == pytest.approx(0.2) and "warming up for 0.2 epochs" in note
-    assert short_run_warmup(TrainConfig(epochs=10, warmup_epochs=2)) == (
-        TrainConfig(epochs=10, warmup_epochs=2),
+    config, note = short_run_warmup(TrainConfig().with_values(epochs=1))
+    assert (
+        config.schedule.warmup_epochs == pytest.approx(0.2) and "warming up for 0.2 epochs" in note
+    )
+    assert short_run_warmup(TrainConfig().with_values(epochs=10, warmup_epochs=2)) == (
+        TrainConfig().with_values(epochs=10, warmup_epochs=2),
         None,
     )
     lines = []
@@ -369,7 +371,7 @@ def test_a_short_run_shortens_its_warmup_and_says_so(cifar, tmp_path):
 
 def test_lr_range_test_without_a_full_batch_is_refused(cifar):
     splits = load_splits(cifar, val_size=0)
-    config = TrainConfig(batch_size=4096, aa=None, reprob=0.0, device="cpu")
+    config = TrainConfig().with_values(batch_size=4096, aa=None, reprob=0.0, device="cpu")
     refused(lambda: lr_range_test(config, TINY_SPEC, splits, steps=5), "make no batch")
 
 

@@ -23,8 +23,9 @@ from budgetnet.errors import UserError
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.models.zoo import model_spec
 from budgetnet.training.config import (
-    FIELDS,
+    GROUPS,
     MAX_THREADS,
+    SETTINGS,
     Range,
     TrainConfig,
     merge,
@@ -51,7 +52,8 @@ def one_line_refusal(call, match: str | None = None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# 1. Values out of range are refused by TrainConfig itself, built in code or merged from a file
+# 1. Values out of range are refused by the group that holds them, built in code or merged from a
+# file
 
 
 OUT_OF_RANGE = [
@@ -95,7 +97,8 @@ OUT_OF_RANGE = [
     "name, value, match", OUT_OF_RANGE, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(OUT_OF_RANGE)]
 )
 def test_out_of_range_values_are_refused_on_construction(name, value, match):
-    one_line_refusal(lambda: TrainConfig(**{name: value}), match)
+    one_line_refusal(lambda: _group_of(name)(**{name: value}), match)
+    one_line_refusal(lambda: TrainConfig().with_values(**{name: value}), match)
     message = one_line_refusal(lambda: merge(TrainConfig(), {name: value}, "bad.yaml"), match)
     assert message.startswith("bad.yaml: ")  # merge names where the value came from
 
@@ -108,29 +111,38 @@ def test_out_of_range_values_are_refused_on_construction(name, value, match):
         ({"cutout": 8, "reprob": 0.0}, "give it a probability"),
         ({"mixup": 0.2, "batch_size": 127}, "even batch size"),
         ({"train_splits": "test"}, "train_splits"),
+        ({"opt": "muon", "sched": "onecycle"}, "onecycle cannot drive"),
+        ({"jsd_loss": True}, "give an --aa augmix"),
+        ({"jsd_loss": True, "aa": "augmix-m3", "altflip": True}, "does not combine"),
     ],
 )
 def test_settings_that_depend_on_each_other_are_checked_on_construction(values, match):
-    one_line_refusal(lambda: TrainConfig(**values), match)
+    one_line_refusal(lambda: TrainConfig().with_values(**values), match)
+
+
+def _group_of(name: str) -> type:
+    """The group class that holds setting `name` (built alone, it checks itself)."""
+    return GROUPS[SETTINGS[name].group]
 
 
 def _numeric_fields() -> list[dataclasses.Field]:
-    return [f for f in FIELDS.values() if re.match(r"(int|float)\b", str(f.type))]
+    return [s.field for s in SETTINGS.values() if s.kind.base in (int, float) and not s.kind.many]
 
 
 def test_every_number_setting_declares_its_range_next_to_its_field():
     for field in _numeric_fields():
         assert "range" in field.metadata or "choices" in field.metadata, field.name
-    assert "range" in FIELDS["color_jitter"].metadata and "lengths" in FIELDS["teacher"].metadata
+    assert "range" in SETTINGS["color_jitter"].field.metadata
+    assert "lengths" in SETTINGS["teacher"].field.metadata
 
 
 @pytest.mark.parametrize("field", _numeric_fields(), ids=lambda f: f.name)
 def test_each_declared_range_holds_at_both_ends(field):
-    limits = field.metadata.get("range")
+    limits, group = field.metadata.get("range"), _group_of(field.name)
     if limits is None:  # a choice (tta)
-        one_line_refusal(lambda: TrainConfig(**{field.name: 3}), field.name)
+        one_line_refusal(lambda: group(**{field.name: 3}), field.name)
         return
-    integer = str(field.type).startswith("int")
+    integer = SETTINGS[field.name].kind.base is int
     step = 1 if integer else max(abs(limits.low), abs(limits.high), 1) * 1e-9
     cast = int if integer else float
     for end, inside, outside in [
@@ -139,14 +151,14 @@ def test_each_declared_range_holds_at_both_ends(field):
     ]:
         refused = [cast(outside)] + ([] if inside else [cast(end)])
         for value in refused:
-            one_line_refusal(lambda v=value: TrainConfig(**{field.name: v}), field.name)
+            one_line_refusal(lambda v=value: group(**{field.name: v}), field.name)
         if inside:
-            assert getattr(TrainConfig(**{field.name: cast(end)}), field.name) == end
+            assert getattr(group(**{field.name: cast(end)}), field.name) == end
 
 
 def test_the_documented_ranges_are_the_declared_ones():
     text = (REPO / "docs" / "configs.md").read_text()
-    for name in FIELDS:
+    for name in SETTINGS:
         assert f"| `{name}` | {range_text(name)} |" in text, name
 
 
@@ -160,9 +172,10 @@ def test_threads_are_checked_before_torch_sets_them(monkeypatch):
 
 
 def test_a_valid_config_round_trips_and_recipes_stay_valid():
-    config = TrainConfig(color_jitter=0.4, lr=1, seed=2**32 - 1, threads=MAX_THREADS)
-    assert config.color_jitter == [0.4] and config.lr == 1.0 and isinstance(config.lr, float)
-    assert TrainConfig(**config.to_dict()) == config
+    config = TrainConfig().with_values(color_jitter=0.4, lr=1, seed=2**32 - 1, threads=MAX_THREADS)
+    assert config.augment.color_jitter == [0.4] and config.optimizer.lr == 1.0
+    assert isinstance(config.optimizer.lr, float)
+    assert TrainConfig.from_flat(config.flat(), "config.yaml") == config
     for path in sorted((REPO / "configs").glob("*.yaml")):
         values = read_config_file(path)
         values.pop("model", None)
@@ -301,7 +314,7 @@ def test_shared_references_built_in_code_are_refused_without_expanding():
     for _ in range(8):
         level = [level] * 9  # 9**9 leaves, 81 list objects
     for key in BOMB_KEYS:
-        _bounded(lambda k=key: one_line_refusal(lambda: TrainConfig(**{k: level}), k))
+        _bounded(lambda k=key: one_line_refusal(lambda: TrainConfig().with_values(**{k: level}), k))
     base = model_spec("resnet24_b343").to_dict()
     for key in BOMB_MODEL_KEYS:
         _bounded(
@@ -352,7 +365,7 @@ def fuzz_dir(tmp_path_factory):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(sorted(FIELDS)), _VALUES, max_size=6))
+@given(st.dictionaries(st.sampled_from(sorted(SETTINGS)), _VALUES, max_size=6))
 def test_fuzz_config_files_load_as_valid_configs_or_are_refused(fuzz_dir, values):
     path = fuzz_dir / "config.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -365,7 +378,7 @@ def test_fuzz_config_files_load_as_valid_configs_or_are_refused(fuzz_dir, values
     if config is not None:
         assert isinstance(config, TrainConfig)
         # what config.yaml records is itself valid (a resume rebuilds it)
-        assert merge(TrainConfig(), config.to_dict(), "config.yaml") == config
+        assert TrainConfig.from_flat(config.flat(), "config.yaml") == config
 
 
 @FUZZ

@@ -122,7 +122,7 @@ def test_fifo_last_pt_on_resume_is_refused_not_waited_on(cifar, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     runs.write_config(
-        run, {"config": tiny_config(cifar, tmp_path).to_dict(), "model": TINY_SPEC.to_dict()}
+        run, {"config": tiny_config(cifar, tmp_path).flat(), "model": TINY_SPEC.to_dict()}
     )
     os.mkfifo(run / "last.pt")
     before = tree(tmp_path)

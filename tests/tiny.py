@@ -53,7 +53,7 @@ def tiny_config(cifar, tmp_path, **overrides) -> TrainConfig:
         run_dir=str(tmp_path / "run"),
         device="cpu",
     )
-    return TrainConfig(**{**settings, **overrides})
+    return TrainConfig().with_values(**{**settings, **overrides})
 
 
 def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, provenance=None):

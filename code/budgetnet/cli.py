@@ -22,10 +22,11 @@ from budgetnet.models.spec import BLOCK_TYPES, SHORTCUTS, STEMS, ResNetSpec
 from budgetnet.models.zoo import DEFAULT_MODEL, MODELS, model_spec
 from budgetnet.runtime import resolve_device
 from budgetnet.training.config import (
-    CHOICES,
-    FIELDS,
+    SETTINGS,
+    Setting,
     TrainConfig,
     merge,
+    range_text,
     read_config_file,
     recipe_file,
 )
@@ -97,58 +98,59 @@ def _file_model(value: Any, where: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Training settings: one flag per TrainConfig field, recipes as config files.
+# Training settings: one flag per setting (by its flat name), recipes as config files.
 
 
-def _flag_type(field: dataclasses.Field):
-    kind = str(field.type)
-    if "bool" in kind:
-        return None  # handled as --x / --no-x
-    if "int" in kind:
-        return int
-    return float if "float" in kind else str
-
-
-def _flag_count(field: dataclasses.Field) -> dict[str, Any]:
-    """argparse's nargs (and const) for a field: lists take values, a field with a `bare`
+def _flag_count(setting: Setting) -> dict[str, Any]:
+    """argparse's nargs (and const) for a setting: lists take values, a field with a `bare`
     value in its metadata may be given without one (`--mlflow` alone)."""
-    if str(field.type).startswith("list"):
+    if setting.kind.many:
         return {"nargs": "+"}
-    if "bare" in field.metadata:
-        return {"nargs": "?", "const": field.metadata["bare"]}
+    if "bare" in setting.field.metadata:
+        return {"nargs": "?", "const": setting.field.metadata["bare"]}
     return {}
 
 
+def _flag_help(name: str, setting: Setting, count: dict[str, Any]) -> str:
+    """The range a value must be in (argparse lists choices itself), then the default."""
+    bare = f"; alone: {count['const']}" if "const" in count else ""
+    default = f"(default {setting.field.default}{bare})"
+    if setting.kind.base is bool or "choices" in setting.field.metadata:
+        return default
+    words = range_text(name)
+    if setting.kind.base is not str:  # only text flags read "none"; a number flag is typed
+        words = words.removesuffix(" (or none)")
+    return f"{words} {default}"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, named like timm's (`--warmup-epochs`, `--reprob`, ...).
-    Defaults are suppressed so that only flags the user typed override the config."""
+    """One flag per setting, named like timm's (`--warmup-epochs`, `--reprob`, ...), of the
+    setting's own type: bools as --x / --no-x, lists as several values. Defaults are
+    suppressed so that only flags the user typed override the config."""
     group = parser.add_argument_group("training (defaults: budgetnet.training.config.TrainConfig)")
     group.add_argument("--config", help="a YAML file of settings (and `model:`)")
     group.add_argument("--preset", metavar="NAME", help="a recipe: --config configs/NAME.yaml")
-    for name, field in FIELDS.items():
+    for name, setting in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
-        kind = _flag_type(field)
-        default = field.default
-        if kind is None:
+        count = _flag_count(setting)
+        if setting.kind.base is bool:
             group.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"(default {default})",
+                help=_flag_help(name, setting, count),
             )
-        else:
-            choices = CHOICES.get(name)
-            count = _flag_count(field)
-            bare = f"; alone: {count['const']}" if "const" in count else ""
-            group.add_argument(
-                flag,
-                type=kind,
-                choices=choices,
-                default=argparse.SUPPRESS,
-                metavar=None if choices else name.upper(),
-                help=f"(default {default}{bare})",
-                **count,
-            )
+            continue
+        choices = setting.field.metadata.get("choices")
+        group.add_argument(
+            flag,
+            type=setting.kind.base,
+            choices=choices,
+            default=argparse.SUPPRESS,
+            metavar=None if choices else name.upper(),
+            help=_flag_help(name, setting, count),
+            **count,
+        )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,14 +170,15 @@ def resolve_training(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]
         part = _file_model(values.pop("model", None), str(path))
         model = part if "name" in part else {**model, **part}  # a named model starts afresh
         config = merge(config, values, str(path))
-    typed = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    typed = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
     return merge(config, typed, "command line"), spec_from_args(args, model)
 
 
 def check_training_outputs(config: TrainConfig) -> None:
     """--run-dir and --plots-dir refused now, before the data loads, when they cannot be
     folders (an existing file, a name longer than the file system allows, a link loop)."""
-    for flag, path in (("--run-dir", config.run_dir), ("--plots-dir", config.plots_dir)):
+    outputs = config.outputs
+    for flag, path in (("--run-dir", outputs.run_dir), ("--plots-dir", outputs.plots_dir)):
         if path:
             check_output_dir(path, flag)
 
@@ -185,7 +188,7 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]:
     typed = {
         key
         for key, value in vars(args).items()
-        if value is not None and key in {*MODEL_KEYS, *FIELDS, "model", "preset", "config"}
+        if value is not None and key in {*MODEL_KEYS, *SETTINGS, "model", "preset", "config"}
     }
     if typed - RESUME_FLAGS:
         raise UserError(
@@ -193,7 +196,8 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]:
             f"{', '.join('--' + k.replace('_', '-') for k in sorted(typed - RESUME_FLAGS))}"
         )
     saved = runs.read_config(args.resume)
-    config = merge(TrainConfig(), saved["config"], f"{args.resume}/config.yaml")
+    # flat keys of any version of config.yaml: a setting it lacks takes its default
+    config = TrainConfig.from_flat(saved["config"], f"{args.resume}/config.yaml")
     config = merge(config, {key: getattr(args, key) for key in typed}, "flags")
     return config, ResNetSpec.from_dict(saved["model"])
 

@@ -5,27 +5,37 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, log_loss
 
+from budgetnet import runs
 from budgetnet.data.sources import load_splits
 from budgetnet.errors import UserError
 from budgetnet.evaluation import ensemble as ensemble_module
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import infer
 from budgetnet.evaluation.metrics import ECE_BINS, metrics, per_class_metrics, reliability
-from budgetnet.evaluation.report import corruption_report, evaluate_ensemble
+from budgetnet.evaluation.report import (
+    EvaluationReport,
+    corruption_report,
+    evaluate_ensemble,
+    markdown_report,
+)
 from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import save_release
 from budgetnet.models.complexity import count_params
 from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
+from conftest import REPO
 from tiny import NORM, TINY_SPEC, save_random_release
 
+COMMITTED_REPORTS = sorted((REPO / "docs" / "results").rglob("evaluation-*.json"))
 FAVOURITE = 3  # the class the constant model always predicts
 # Its logits: 2 for the favourite, 0 elsewhere (exact in bf16), so every image gets this top
 # probability whatever the precision.
@@ -84,13 +94,14 @@ def test_metrics_and_per_class_metrics_agree_with_sklearn():
     assert scored["ece"] == pytest.approx(reliability(probs, labels).ece)
     assert "top5" not in scored  # five classes: five guesses are always right
     rows = per_class_metrics(probs, labels, list("abcde"))
-    assert [r["support"] for r in rows] == np.bincount(labels, minlength=5).tolist()
-    assert rows[4]["average_precision"] is None and rows[4]["recall"] == 0
+    assert [r.name for r in rows] == list("abcde")
+    assert [r.support for r in rows] == np.bincount(labels, minlength=5).tolist()
+    assert rows[4].average_precision is None and rows[4].recall == 0
     predicted = probs.argmax(1)
     for c, row in enumerate(rows[:4]):
-        assert row["recall"] == pytest.approx((predicted[labels == c] == c).mean())
-        assert row["precision"] == pytest.approx((labels[predicted == c] == c).mean())
-        assert row["average_precision"] == pytest.approx(present[c])
+        assert row.recall == pytest.approx((predicted[labels == c] == c).mean())
+        assert row.precision == pytest.approx((labels[predicted == c] == c).mean())
+        assert row.average_precision == pytest.approx(present[c])
 
 
 def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
@@ -100,14 +111,54 @@ def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
     result = evaluate_ensemble(
         ensemble, images, split="test", tta_levels=[0, 2], batch_size=7, device=torch.device("cpu")
     )
-    for row in result.report["tta"]:
-        probs = infer(ensemble.releases[0].model, images.images, NORM, tta=row["level"]).numpy()
-        assert row["acc"] == pytest.approx((probs.argmax(1) == images.labels).mean())
-        assert row["ece"] == pytest.approx(reliability(probs, images.labels).ece)
-    assert result.report["main_tta"] == 2 and result.report["tta"][1]["views"] == 6
+    report = result.report
+    for row in report.tta:
+        probs = infer(ensemble.releases[0].model, images.images, NORM, tta=row.level).numpy()
+        assert row.acc == pytest.approx((probs.argmax(1) == images.labels).mean())
+        assert row.ece == pytest.approx(reliability(probs, images.labels).ece)
+    assert report.main_tta == 2 and report.main is report.tta[-1] and report.tta[1].views == 6
     np.testing.assert_allclose(result.probs, probs)
-    matrix = np.array(result.report["confusion_matrix"])
+    matrix = report.confusion_matrix
     assert matrix.sum() == 30 and np.trace(matrix) == (probs.argmax(1) == images.labels).sum()
+    assert report.reliability.ece == pytest.approx(report.main.ece)
+
+
+def test_a_report_reads_back_from_its_json_as_it_was(cifar, tmp_path):
+    ensemble = load_ensemble([save_random_release(tmp_path / "r", seed=1)], torch.device("cpu"))
+    images = labeled_split(ensemble, "test", str(cifar))
+    report = evaluate_ensemble(
+        ensemble, images, split="test", tta_levels=[1, 0], batch_size=16,
+        device=torch.device("cpu"), corruptions=["fog"], severities=[3, 1],
+    ).report  # fmt: skip
+    # and the parts only some reports have: top-5 accuracy (above ten classes), no sweep
+    top5 = replace(report, tta=tuple(replace(r, top5=0.5) for r in report.tta), corruptions=None)
+    for original in (report, top5):
+        loaded = EvaluationReport.from_json(json.loads(json.dumps(original.to_json())))
+        assert loaded.to_json() == original.to_json()
+        assert loaded.tta == original.tta and loaded.main == original.main
+        assert loaded.per_class == original.per_class
+        assert loaded.corruptions == original.corruptions
+        np.testing.assert_array_equal(loaded.confusion_matrix, original.confusion_matrix)
+        np.testing.assert_array_equal(loaded.reliability.count, original.reliability.count)
+        assert loaded.reliability.ece == original.reliability.ece
+    assert list(report.corruptions.acc["fog"]) == [3, 1]  # severities as asked, as numbers
+    assert "corruptions" not in top5.to_json()
+    assert list(top5.to_json()["tta"][0])[3:5] == ["acc", "top5"]
+    assert "| top-5 % |" in markdown_report(top5, {}, tmp_path)
+    with pytest.raises(ValueError, match="no TTA level 5"):
+        replace(report, main_tta=5)
+
+
+@pytest.mark.parametrize("path", COMMITTED_REPORTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_committed_reports_read_back_and_are_written_as_they_were(path, tmp_path):
+    """The typed report keeps the files' format: JSON and Markdown come out byte for byte."""
+    report = EvaluationReport.from_json(runs.read_json(path))
+    runs.write_json(tmp_path / path.name, report.to_json())
+    assert (tmp_path / path.name).read_text() == path.read_text()
+    markdown = path.with_suffix(".md").read_text()
+    links = re.findall(r"!\[(.+?)\]\((.+?)\)", markdown)
+    plots = {name: path.parent / link for name, link in links}
+    assert len(plots) == 4 and markdown_report(report, plots, path.parent) == markdown
 
 
 @pytest.mark.slow
@@ -242,14 +293,14 @@ def test_the_sweeps_clean_accuracy_is_the_one_an_own_pass_gives(cifar, tmp_path,
     own = corruption_report(
         ensemble, images, ["fog"], [1], sample_size=sample, seed=3, tta=1, **run
     )
-    assert result.report["corruptions"] == own  # the reused accuracy is the recomputed one
+    assert result.report.corruptions == own  # the reused accuracy is the recomputed one
     if sample is None:
-        assert own["clean_acc"] == result.report["tta"][-1]["acc"]
+        assert own.clean_acc == result.report.main.acc
     # a sample drawn inside ignores the caller's accuracy of all the images
     given = corruption_report(
         ensemble, images, ["fog"], [1], sample_size=sample, seed=3, tta=1, clean_acc=-1.0, **run
     )
-    assert (given["clean_acc"] == -1.0) == (sample is None)
+    assert (given.clean_acc == -1.0) == (sample is None)
 
 
 def test_evaluate_refuses_an_unknown_corruption_in_one_line(tmp_path, run_main):

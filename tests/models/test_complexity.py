@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import summary as summary_cli
 from budgetnet.errors import UserError, run_cli
+from budgetnet.models.blocks import ZeroPadShortcut
 from budgetnet.models.builder import build
 from budgetnet.models.complexity import (
     count_flops,
@@ -114,6 +115,42 @@ def test_flops_equal_flop_counter_mode_over_random_specs():
 @pytest.mark.parametrize("name", ["resnet24_b343", "custom_resnet9", "resnet44v2", "resnet20"])
 def test_flops_equal_flop_counter_mode_on_presets(name):
     assert count_flops(model_spec(name)).flops == measured_flops(model_spec(name))
+
+
+@pytest.mark.parametrize("shortcut", ["projection", "identity"])
+@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+def test_every_block_type_and_stem_builds_exactly_its_planned_layers(block, stem, shortcut):
+    """Each planned layer is the module at its path, of its shapes, and nothing else is built;
+    the counts are the built network's. Widths grow (from the whitening stem's 24 too), so
+    every unit type meets a shape change."""
+    spec = ResNetSpec(
+        (1, 2), (24, 32), block=block, stem=stem, shortcut=shortcut, expansion=2, dropout=0.1,
+        head_dropout=0.1, logit_scale=0.5,
+    )  # fmt: skip
+    model = build(spec).eval()
+    planned = {
+        f"{block_name}.{path}": layer
+        for block_name, planned_block in spec.plan.named_blocks()
+        for path, layer in planned_block.named_layers()
+    }
+    leaves = {
+        name: module
+        for name, module in model.named_modules()
+        if not list(module.children())
+        and not isinstance(module, torch.nn.Identity | ZeroPadShortcut)
+    }
+    assert list(leaves) == list(planned)
+    shapes = {}
+    for name, layer in planned.items():
+        module = leaves[name]
+        assert type(module) is type(layer.module(spec.bn_momentum)), name
+        assert sum(p.numel() for p in module.parameters()) == layer.params, name
+        module.register_forward_hook(lambda m, i, o, name=name: shapes.update({name: o.shape}))
+    assert count_params(spec) == sum(p.numel() for p in model.parameters())
+    assert count_flops(spec).flops == measured_flops(spec)
+    model(torch.randn(1, 3, spec.input_size, spec.input_size))
+    assert shapes == {name: (1, *layer.output_shape) for name, layer in planned.items()}
 
 
 def test_the_table_matches_the_modules_and_sums_to_the_totals():

@@ -119,7 +119,7 @@ def test_publish_refuses_bad_run_files_before_evaluating(
     def never(*args, **kwargs):
         raise AssertionError("a bad run reached the evaluation")
 
-    monkeypatch.setattr("budgetnet.submission.publish.evaluate_release", never)
+    monkeypatch.setattr("budgetnet.submission.release.evaluate_release", never)
     monkeypatch.setattr("budgetnet.models.checkpoint.load_release", never)
     result = run_main("code/publish.py", str(run), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
@@ -158,7 +158,7 @@ def test_shipped_release_labels_real_test_images(shared_cifar10, tmp_path, run_m
 
 
 def test_results_table_keeps_rows_measured_before_a_corruption_joined_the_sweep():
-    from budgetnet.submission.publish import results_markdown
+    from budgetnet.submission.results_page import results_markdown
 
     def row(name, corruptions):
         return {

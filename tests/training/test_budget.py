@@ -3,8 +3,6 @@ config.yaml, and a run that then trains exactly as `--epochs N` would."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import yaml
@@ -46,12 +44,12 @@ def test_epochs_follow_from_the_measured_step_rate(
     )
     # measuring took 2 warm-up + 5 timed steps; inference costs nothing on this clock
     left = 60 * minutes - (budget.WARMUP_STEPS + budget.MEASURED_STEPS) * seconds_per_step
-    assert resolved.epochs == epochs == int(left // (5 * seconds_per_step))
+    assert resolved.schedule.epochs == epochs == int(left // (5 * seconds_per_step))
     assert lines == [
         f"time budget {minutes:g} min: {seconds_per_step:.2f} s/step x 5 steps = "
         f"{5 * seconds_per_step / 60:.1f} min/epoch (measured on 5 steps) -> {epochs} epochs"
     ]
-    assert dataclasses.replace(resolved, epochs=session.config.epochs) == session.config
+    assert resolved.with_values(epochs=session.config.schedule.epochs) == session.config
 
 
 def test_validation_and_the_final_test_count_against_the_budget(cifar, tmp_path):

@@ -3,7 +3,6 @@ Lookahead, the alternating flip, reflect-padded translation, Muon and the hardwa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -77,14 +76,14 @@ def test_whitening_sample_is_seeded_and_spans_the_split():
 
 
 def test_decoupled_hyperparameters_convert_as_airbench_states_them():
-    config = FAST
+    config = FAST.optimizer
     momentum_scale = 1 + 1 / (1 - 0.85)  # a Nesterov step's size per gradient, steady state
     assert config.effective_lr == pytest.approx(11.5 / momentum_scale)  # batch 1024 = base
     assert config.effective_weight_decay == pytest.approx(0.0153 / 11.5)
     # torch shrinks by lr x weight_decay per step: airbench's 0.0153 * 1024 / kilostep_scale
     per_step = config.effective_lr * config.effective_weight_decay
     assert per_step == pytest.approx(0.0153 * 1024 / (1024 * momentum_scale))
-    half = TrainConfig(**{**config.__dict__, "batch_size": 512})
+    half = FAST.with_values(batch_size=512).optimizer
     assert half.effective_lr == pytest.approx(config.effective_lr / 2)  # lr per 1024 images
     assert half.effective_weight_decay == config.effective_weight_decay
 
@@ -106,11 +105,11 @@ def test_bias_groups_get_the_scaled_lr_and_the_same_decay_per_step():
 
 
 def test_linear_schedule_at_exact_steps():
-    config = dataclasses.replace(FAST, epochs=10, warmup_epochs=2.3)
+    config = FAST.with_values(epochs=10, warmup_epochs=2.3)
     model = build(model_spec("fastres_s"))
     optimizer = optim.make_optimizer(config, model)
     set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=48)
-    peak = config.effective_lr
+    peak = config.optimizer.effective_lr
     assert set_lr(0) == pytest.approx(0.2 * peak)  # airbench's triangle starts at 0.2
     assert set_lr(110) == pytest.approx(peak)  # round(2.3 * 48): the peak
     assert set_lr(55) == pytest.approx((0.2 + 0.8 * 55 / 110) * peak)
@@ -148,7 +147,9 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     assert torch.equal(even, altflip_mask(base, 2, index))  # the same half again
     assert not torch.equal(even, altflip_mask(altflip_base(4, 1000), 0, index))  # seeded
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    config = TrainConfig(batch_size=64, crop_padding=0, altflip=True, aa=None, reprob=0)
+    config = TrainConfig().with_values(
+        batch_size=64, crop_padding=0, altflip=True, aa=None, reprob=0
+    )
     batches = DeviceBatches(images, np.zeros(64, dtype=np.int64), config, torch.device("cpu"))
     (x0, _), (x1, _) = next(iter(batches.epoch(0))), next(iter(batches.epoch(1)))
     order0, order1 = batches.order(0), batches.order(1)
@@ -165,7 +166,7 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
 def test_flip_mask_drawn_once_equals_the_per_batch_draw_in_every_epoch(device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    config = TrainConfig(batch_size=50, altflip=True, aa=None, reprob=0, seed=7)
+    config = TrainConfig().with_values(batch_size=50, altflip=True, aa=None, reprob=0, seed=7)
     images, labels = np.zeros((1000, 4, 4, 3), np.uint8), np.zeros(1000, np.int64)
     batches = DeviceBatches(images, labels, config, torch.device(device))
     drawn = torch.rand(1000, generator=torch.Generator().manual_seed(7 + 0x5EED)) < 0.5
@@ -209,7 +210,7 @@ def test_orthogonalize_gives_near_unit_singular_values_and_muon_steps_by_them():
 
 
 def test_muon_pairs_with_sgd_and_round_trips_its_state():
-    config = dataclasses.replace(FAST, opt="muon")
+    config = FAST.with_values(opt="muon")
     model = build(model_spec("fastres_s"))
     optimizer = optim.make_optimizer(config, model)
     filters = {id(p) for p in model.parameters() if p.ndim == 4 and p.requires_grad}
@@ -217,7 +218,7 @@ def test_muon_pairs_with_sgd_and_round_trips_its_state():
     assert muon_params == filters
     set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=10)
     set_lr(0)
-    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.2 * config.muon_lr)
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.2 * config.optimizer.muon_lr)
     model(torch.randn(4, 3, 32, 32)).sum().backward()
     optimizer.step()
     state = optimizer.state_dict()
@@ -228,7 +229,7 @@ def test_muon_pairs_with_sgd_and_round_trips_its_state():
 
 def test_frozen_parameters_sit_the_step_out():
     model = build(model_spec("fastres_s"))
-    config = dataclasses.replace(FAST, batch_size=8)
+    config = FAST.with_values(batch_size=8)
     optimizer = optim.make_optimizer(config, model)
     from budgetnet.training.augment import BatchAugment
 

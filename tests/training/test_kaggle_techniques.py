@@ -74,7 +74,9 @@ def test_teacher_gets_inputs_in_its_own_normalisation(teachers):
 
 
 def test_distilled_objective_mixes_labels_and_teacher_by_kd_alpha(teachers):
-    config = TrainConfig(teacher=teachers, kd_alpha=0.25, kd_temperature=2.0, smoothing=0.0)
+    config = TrainConfig().with_values(
+        teacher=teachers, kd_alpha=0.25, kd_temperature=2.0, smoothing=0.0
+    )
     teacher = Teacher(teachers, NORM, 2.0, CPU, amp=False)
     logits, labels, x = torch.randn(4, 10), torch.arange(4), torch.randn(4, 3, 32, 32)
     expected = 0.75 * nn.functional.cross_entropy(logits, labels)
@@ -103,7 +105,7 @@ def test_a_teacher_of_another_input_size_is_refused(cifar, tmp_path):
 
 def test_weight_average_is_the_mean_of_epoch_weights_and_bn_is_recomputed():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
-    config = TrainConfig(epochs=4, swa=True, swa_start=0.5)
+    config = TrainConfig().with_values(epochs=4, swa=True, swa_start=0.5)
     assert swa_start_epoch(config) == 2
     average = WeightAverage(model, config)
     snapshots = []
@@ -123,7 +125,9 @@ def test_weight_average_is_the_mean_of_epoch_weights_and_bn_is_recomputed():
 
 
 def test_swa_lr_holds_from_the_start_epoch_with_each_group_ratio():
-    config = TrainConfig(epochs=4, sched="cosine", warmup_epochs=0, swa=True, swa_lr=0.05)
+    config = TrainConfig().with_values(
+        epochs=4, sched="cosine", warmup_epochs=0, swa=True, swa_lr=0.05
+    )
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(
         [{"params": [model.weight], "lr": 0.1}, {"params": [model.bias], "lr": 0.4}], lr=0.1
@@ -157,7 +161,9 @@ def test_bad_aa_and_jsd_combinations_are_refused():
 
 
 def test_jsd_batches_hold_the_clean_views_first_and_the_loss_takes_them():
-    config = TrainConfig(aa="augmix-m3-w2", jsd_loss=True, batch_size=4, workers=0, reprob=0.5)
+    config = TrainConfig().with_values(
+        aa="augmix-m3-w2", jsd_loss=True, batch_size=4, workers=0, reprob=0.5
+    )
     images, labels = random_images(8, seed=5), np.arange(8) % 10
     batches = WorkerBatches(images, labels, config, CPU)
     x, y = next(iter(batches.epoch(0)))
@@ -186,7 +192,7 @@ def test_a_tiny_run_with_each_technique_releases_a_working_model(cifar, tmp_path
     results = engine.fit(config, TINY_SPEC, log=lambda line: None)
     assert 0 <= results["test_acc_tta0"] <= 1 and math.isfinite(results["val_acc"])
     meta = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
-    if config.swa:
+    if config.averaging.swa:
         assert meta["metrics"]["swa_epochs"] == 1  # epoch 2 of 2
     saved = meta["provenance"]["config"]
     assert all(saved[key] == value for key, value in flags.items())

@@ -11,7 +11,7 @@ import yaml
 from budgetnet.cli import add_training_arguments, resolve_training
 from budgetnet.errors import ArgumentParser
 from budgetnet.models.spec import ResNetSpec
-from budgetnet.training.config import FIELDS, TrainConfig, merge, read_config_file
+from budgetnet.training.config import SETTINGS, TrainConfig, read_config_file
 from budgetnet.training.engine import fit
 
 from cifar_files import write_cifar10, write_cifar100
@@ -53,7 +53,7 @@ def _resolve(path, *flags):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
 def test_every_recipe_trains_a_few_steps_at_tiny_width(path, tiny_data, tmp_path):
     recipe, _ = _resolve(path)
-    cifar100 = recipe.data == "cifar100"
+    cifar100 = recipe.dataset.data == "cifar100"
     data = tiny_data / ("cifar100" if cifar100 else "cifar10")
     val_size = "100" if cifar100 else "10"  # one image per class
     run = tmp_path / "run"
@@ -73,14 +73,14 @@ def test_every_recipe_trains_a_few_steps_at_tiny_width(path, tiny_data, tmp_path
     saved = yaml.safe_load((run / "config.yaml").read_text())
     file_settings = read_config_file(path)
     file_settings.pop("model", None)
-    typed = merge(TrainConfig(), file_settings, str(path)).to_dict()  # "none" -> None
-    overridden = set(vars(_parse(*flags))) & set(FIELDS)
+    typed = TrainConfig.from_flat(file_settings, str(path)).flat()  # "none" -> None
+    overridden = set(vars(_parse(*flags))) & set(SETTINGS)
     for key in file_settings:
         if key not in overridden:
             assert saved["config"][key] == typed[key], key  # the recipe reaches the run
     assert saved["model"]["input_size"] == spec.input_size
     meta = json.loads((run / "best" / "model.json").read_text())
-    if recipe.normalize == "imagenet":
+    if recipe.dataset.normalize == "imagenet":
         assert meta["normalization"]["source"].startswith("ImageNet mean/std")
         assert meta["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert (run / "training_log.md").exists()

@@ -34,7 +34,7 @@ def _momenta(optimizer) -> list[float]:
 def test_cosine_equals_timm_at_every_step(min_lr, warmup_epochs):
     from timm.scheduler import CosineLRScheduler
 
-    config = TrainConfig(epochs=EPOCHS, warmup_epochs=warmup_epochs, min_lr=min_lr)
+    config = TrainConfig().with_values(epochs=EPOCHS, warmup_epochs=warmup_epochs, min_lr=min_lr)
     ours, theirs = _optimizer(), _optimizer()
     set_lr = make_schedule(config, ours, STEPS)
     warmup = round(warmup_epochs * STEPS)
@@ -56,7 +56,7 @@ def test_cosine_equals_timm_at_every_step(min_lr, warmup_epochs):
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 @pytest.mark.parametrize("pct", [5 / 24, 0.3, 0.5])
 def test_onecycle_equals_torch_lr_and_momentum_at_every_step(kind, pct):
-    config = TrainConfig(epochs=EPOCHS, sched="onecycle", onecycle_pct=pct)
+    config = TrainConfig().with_values(epochs=EPOCHS, sched="onecycle", onecycle_pct=pct)
     ours, theirs = _optimizer(kind), _optimizer(kind)
     set_lr = make_schedule(config, ours, STEPS)
     torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -74,7 +74,7 @@ def test_onecycle_equals_torch_lr_and_momentum_at_every_step(kind, pct):
 
 
 def test_cosine_values_at_first_peak_and_last_steps():
-    config = TrainConfig(epochs=EPOCHS, warmup_epochs=1, min_lr=0.01)
+    config = TrainConfig().with_values(epochs=EPOCHS, warmup_epochs=1, min_lr=0.01)
     optimizer = _optimizer()
     set_lr = make_schedule(config, optimizer, STEPS)
     assert set_lr(0) == 0.0  # the warmup starts from 0
@@ -91,7 +91,9 @@ def test_cosine_values_at_first_peak_and_last_steps():
 
 
 def test_onecycle_values_at_first_peak_and_last_steps():
-    config = TrainConfig(epochs=4, sched="onecycle", onecycle_pct=0.25)  # 24 steps: peak at 5
+    config = TrainConfig().with_values(
+        epochs=4, sched="onecycle", onecycle_pct=0.25
+    )  # 24 steps: peak at 5
     optimizer = _optimizer()
     set_lr = make_schedule(config, optimizer, 6)
     assert set_lr(0) == pytest.approx(0.1 / 25)
@@ -105,7 +107,7 @@ def test_onecycle_values_at_first_peak_and_last_steps():
 
 
 def test_linear_and_constant_values_at_first_peak_and_last_steps():
-    config = TrainConfig(
+    config = TrainConfig().with_values(
         epochs=EPOCHS, sched="linear", warmup_epochs=1, lr_start_factor=0.2, lr_end_factor=0.07
     )
     optimizer = _optimizer()
@@ -116,14 +118,16 @@ def test_linear_and_constant_values_at_first_peak_and_last_steps():
     assert optimizer.param_groups[1]["lr"] == pytest.approx(4 * set_lr(20))
     assert set_lr(21) == pytest.approx(0.007)  # lr_end_factor, one step past the last
     assert _momenta(optimizer) == [0.9, 0.9]  # only onecycle moves the momentum
-    constant = make_schedule(TrainConfig(epochs=EPOCHS, sched="constant"), _optimizer(), STEPS)
+    constant = make_schedule(
+        TrainConfig().with_values(epochs=EPOCHS, sched="constant"), _optimizer(), STEPS
+    )
     assert [constant(step) for step in (0, 10, 20)] == [0.1, 0.1, 0.1]
 
 
 @pytest.mark.parametrize("sched", ["cosine", "onecycle", "linear", "constant"])
 def test_set_lr_is_a_pure_function_of_the_step(sched):
     """Out of order, repeated, or from a fresh schedule (a resumed run): the same values."""
-    config = TrainConfig(epochs=EPOCHS, sched=sched, warmup_epochs=1, min_lr=0.001)
+    config = TrainConfig().with_values(epochs=EPOCHS, sched=sched, warmup_epochs=1, min_lr=0.001)
     optimizer = _optimizer("adam")
     set_lr = make_schedule(config, optimizer, STEPS)
 
@@ -148,7 +152,7 @@ def test_onecycle_drives_the_muon_and_sgd_pair_group_by_group():
     sgd = _optimizer()
     muon = Muon([torch.nn.Parameter(torch.zeros(4, 2, 3, 3))], lr=0.02, momentum=0.6)
     pair = Optimizers(sgd, muon)
-    config = TrainConfig(epochs=EPOCHS, sched="onecycle")
+    config = TrainConfig().with_values(epochs=EPOCHS, sched="onecycle")
     set_lr = make_schedule(config, pair, STEPS)
     set_lr(20)
     total = EPOCHS * STEPS

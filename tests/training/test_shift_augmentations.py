@@ -28,8 +28,10 @@ def pixels(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
 def test_noise_reaches_exactly_its_fraction_of_the_batch_at_most_at_its_scale(fraction):
     torch.manual_seed(0)
-    config = TrainConfig(reprob=0, noise_prob=fraction, noise_std=0.1)
-    clean, _ = BatchAugment(TrainConfig(reprob=0), NORM, 10, None, CPU)(grey_batch(), None)
+    config = TrainConfig().with_values(reprob=0, noise_prob=fraction, noise_std=0.1)
+    clean, _ = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, None, CPU)(
+        grey_batch(), None
+    )
     noisy, _ = BatchAugment(config, NORM, 10, None, CPU)(grey_batch(), None)
     changed = (noisy != clean).flatten(1).any(1)
     assert changed.sum() == round(fraction * 40)
@@ -55,7 +57,7 @@ def test_noise_is_clipped_to_the_valid_pixel_range_and_seeded():
 
 def test_random_erasing_cuts_areas_within_timms_range():
     torch.manual_seed(0)
-    config = TrainConfig(reprob=1.0, remode="const")
+    config = TrainConfig().with_values(reprob=1.0, remode="const")
     x, _ = BatchAugment(config, NORM, 10, None, CPU)(
         torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), None
     )
@@ -68,7 +70,7 @@ def test_mixup_blends_each_image_with_its_mirror_in_the_batch_by_one_weight():
     np.random.seed(0)  # timm draws the weight with NumPy
     images = torch.arange(8, dtype=torch.uint8).mul(30).view(8, 1, 1, 1).expand(8, 3, 4, 4)
     labels = torch.arange(8)
-    config = TrainConfig(reprob=0, mixup=1.0, smoothing=0.0)
+    config = TrainConfig().with_values(reprob=0, mixup=1.0, smoothing=0.0)
     x, target = BatchAugment(config, NORM, 10, None, CPU)(images.contiguous(), labels)
     value = pixels(x)[:, 0, 0, 0]
     own = images[:, 0, 0, 0].float() / 255

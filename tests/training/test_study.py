@@ -42,8 +42,8 @@ def fake_fit(trained: list, epochs: int = 3, interrupt_at: int | None = None):
         if interrupt_at is not None and len(trained) == interrupt_at:
             raise KeyboardInterrupt
         for epoch in range(epochs):
-            on_epoch({"epoch": epoch, "val_acc": config.lr * (epoch + 1) / epochs})
-        return {"val_acc": config.lr}
+            on_epoch({"epoch": epoch, "val_acc": config.optimizer.lr * (epoch + 1) / epochs})
+        return {"val_acc": config.optimizer.lr}
 
     return fit
 
@@ -57,7 +57,7 @@ def new_study(tmp_path, space, max_params=10**7, pruner=None, seed=0, name="s"):
 def test_study_samples_prunes_and_writes_results(tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(engine, "fit", fake_fit(trained))
-    base = TrainConfig(**TINY_TRAINING, epochs=3)
+    base = TrainConfig().with_values(**TINY_TRAINING, epochs=3)
     space = studies.SearchSpace.load(write_yaml(tmp_path / "space.yaml", TINY_SPACE), base)
     pruner = studies.make_pruner("median", startup=2, epochs=3)
     study = new_study(tmp_path, space, pruner=pruner)
@@ -71,7 +71,7 @@ def test_study_samples_prunes_and_writes_results(tmp_path, monkeypatch):
     assert any("pruned after epoch" in line for line in lines)
     for spec, config in trained:  # each trial trained what the space allows
         assert spec.blocks[0] in (1, 2) and len(spec.blocks) == 2 and spec.channels[0] in (8, 16)
-        assert 0.01 <= config.lr <= 0.5 and config.mixup == 0.0
+        assert 0.01 <= config.optimizer.lr <= 0.5 and config.augment.mixup == 0.0
     out = tmp_path / "out"
     assert (out / "trials.csv").read_text().count("\n") == 9  # a header and 8 trials
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -86,7 +86,7 @@ def test_study_samples_prunes_and_writes_results(tmp_path, monkeypatch):
 def test_infeasible_samples_never_reach_training(tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(engine, "fit", fake_fit(trained, epochs=1))
-    base = TrainConfig(**TINY_TRAINING, epochs=1)
+    base = TrainConfig().with_values(**TINY_TRAINING, epochs=1)
     space = studies.SearchSpace.load(
         write_yaml(tmp_path / "space.yaml", {"model": {"width": {"low": 8, "high": 256, "step": 8}}}), base
     )  # fmt: skip
@@ -101,7 +101,7 @@ def test_infeasible_samples_never_reach_training(tmp_path, monkeypatch):
 
 def test_an_interrupted_study_resumes_with_its_trials_kept(tmp_path, monkeypatch):
     trained = []
-    base = TrainConfig(**TINY_TRAINING, epochs=2)
+    base = TrainConfig().with_values(**TINY_TRAINING, epochs=2)
     space = studies.SearchSpace.load(write_yaml(tmp_path / "space.yaml", TINY_SPACE), base)
     monkeypatch.setattr(engine, "fit", fake_fit(trained, epochs=2, interrupt_at=2))
     with pytest.raises(KeyboardInterrupt):
@@ -115,7 +115,7 @@ def test_an_interrupted_study_resumes_with_its_trials_kept(tmp_path, monkeypatch
 
 
 def test_a_study_of_another_space_is_refused(tmp_path):
-    base = TrainConfig(**TINY_TRAINING)
+    base = TrainConfig().with_values(**TINY_TRAINING)
     space = studies.SearchSpace.load(write_yaml(tmp_path / "a.yaml", TINY_SPACE), base)
     new_study(tmp_path, space)
     other = studies.SearchSpace.load(

@@ -31,7 +31,7 @@ QUICK = {"epochs": 2, "batch_size": 32, "val_size": 40, "warmup_epochs": 0.5, "d
 
 def _config(cifar, run_dir, **overrides) -> TrainConfig:
     settings = {**QUICK, "aa": None, "reprob": 0, **overrides}
-    return TrainConfig(data=str(cifar), run_dir=str(run_dir), **settings)
+    return TrainConfig().with_values(data=str(cifar), run_dir=str(run_dir), **settings)
 
 
 def _fit(config, **kwargs) -> dict:

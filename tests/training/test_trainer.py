@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -147,7 +146,7 @@ def _optimizer(config):
 
 
 def test_cosine_schedule_warms_up_peaks_and_decays_at_exact_steps():
-    config = TrainConfig(
+    config = TrainConfig().with_values(
         epochs=10, warmup_epochs=2, lr=0.1, batch_size=256, lr_base_size=128, min_lr=0.001
     )
     optimizer = _optimizer(config)
@@ -164,7 +163,9 @@ def test_cosine_schedule_warms_up_peaks_and_decays_at_exact_steps():
 
 
 def test_onecycle_schedule_peaks_at_epoch_5_of_24():
-    config = TrainConfig(epochs=24, sched="onecycle", opt="adam", lr=0.01, batch_size=128)
+    config = TrainConfig().with_values(
+        epochs=24, sched="onecycle", opt="adam", lr=0.01, batch_size=128
+    )
     optimizer = _optimizer(config)
     set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=10)
     lrs = [set_lr(step) for step in range(240)]
@@ -196,8 +197,8 @@ def test_device_and_worker_batches_hold_every_image_once_as_uint8_nchw():
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(64) % 10
     for kind, config in (
-        (DeviceBatches, TrainConfig(batch_size=16, aa=None)),
-        (WorkerBatches, TrainConfig(batch_size=16, workers=0)),
+        (DeviceBatches, TrainConfig().with_values(batch_size=16, aa=None)),
+        (WorkerBatches, TrainConfig().with_values(batch_size=16, workers=0)),
     ):
         batches = kind(images, labels, config, torch.device("cpu"))
         got = list(batches.epoch(0))
@@ -207,7 +208,7 @@ def test_device_and_worker_batches_hold_every_image_once_as_uint8_nchw():
         seen = torch.cat([y for _, y in got])
         assert sorted(seen.tolist()) == sorted(labels.tolist())
     # No augmentation: batches are exactly the images in epoch order.
-    plain = TrainConfig(batch_size=16, aa=None, crop_padding=0, hflip=0)
+    plain = TrainConfig().with_values(batch_size=16, aa=None, crop_padding=0, hflip=0)
     x, _ = next(DeviceBatches(images, labels, plain, torch.device("cpu")).epoch(0))
     first = epoch_order(0, 0, 64, 16)[:16]
     assert torch.equal(x, torch.from_numpy(images[first.numpy()]).permute(0, 3, 1, 2))
@@ -227,15 +228,17 @@ def test_random_crop_matches_a_padded_window():
 def test_batch_augment_normalises_erases_and_mixes():
     images = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
     labels = torch.arange(8)
-    plain = BatchAugment(TrainConfig(reprob=0), NORM, 10, None, torch.device("cpu"))
+    plain = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, None, torch.device("cpu"))
     x, y = plain(images, labels)
     assert torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=1e-6)
     assert torch.equal(y, labels) and x.is_contiguous(memory_format=torch.channels_last)
-    erased, _ = BatchAugment(TrainConfig(reprob=1.0), NORM, 10, None, torch.device("cpu"))(
-        images, labels
-    )
+    erased, _ = BatchAugment(
+        TrainConfig().with_values(reprob=1.0), NORM, 10, None, torch.device("cpu")
+    )(images, labels)
     assert (erased != x).any(dim=(1, 2, 3)).all()  # every image got a patch
-    mixed = BatchAugment(TrainConfig(mixup=0.8, smoothing=0.1), NORM, 10, None, torch.device("cpu"))
+    mixed = BatchAugment(
+        TrainConfig().with_values(mixup=0.8, smoothing=0.1), NORM, 10, None, torch.device("cpu")
+    )
     _, soft = mixed(images, labels)
     assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
     assert (soft.min(1).values >= 0.1 / 10 - 1e-6).all()  # smoothing mass on every class
@@ -278,12 +281,12 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
 
 
 def test_label_smoothing_loss_matches_the_smoothed_cross_entropy_by_hand():
-    loss = Objective(TrainConfig(smoothing=0.1))
+    loss = Objective(TrainConfig().with_values(smoothing=0.1))
     logits, inputs = torch.tensor([[10.0, 0.0, 0.0]]), torch.zeros(1, 3, 4, 4)
     log_p = logits.log_softmax(1)
     expected = -(0.9 + 0.1 / 3) * log_p[0, 0] - (0.1 / 3) * (log_p[0, 1] + log_p[0, 2])
     assert loss(logits, torch.tensor([0]), inputs).item() == pytest.approx(expected.item())
-    soft = Objective(TrainConfig(mixup=0.2))
+    soft = Objective(TrainConfig().with_values(mixup=0.2))
     target = torch.tensor([[0.5, 0.5, 0.0]])
     expected = -(0.5 * log_p[0, :2]).sum().item()
     assert soft(logits, target, inputs).item() == pytest.approx(expected)
@@ -397,10 +400,10 @@ def test_preset_is_the_recipe_file_and_flags_win():
     add_training_arguments(parser)
     recipe = read_config_file(recipe_file("cpu_quick"))
     config, spec = resolve_training(parser.parse_args(["--preset", "cpu-quick", "--epochs", "3"]))
-    assert config.epochs == 3 and config.batch_size == recipe["batch_size"]
+    assert config.schedule.epochs == 3 and config.optimizer.batch_size == recipe["batch_size"]
     assert list(spec.channels) == recipe["model"]["channels"]
     same, _ = resolve_training(parser.parse_args(["--config", str(recipe_file("cpu_quick"))]))
-    assert same == dataclasses.replace(config, epochs=recipe["epochs"])
+    assert same == config.with_values(epochs=recipe["epochs"])
     _, other = resolve_training(parser.parse_args(["--preset", "cpu-quick", "--model", "resnet20"]))
     assert other == model_spec("resnet20")  # --model names another network: the file's fields go
 
@@ -541,33 +544,38 @@ def test_per_image_augmentations_need_workers():
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(16) % 10
 
-    plain = TrainConfig(aa=None)
+    plain = TrainConfig().with_values(aa=None)
     assert uses_device_batches(plain)
     for extra in (
         {"color_jitter": [0.4]},
         {"grayscale_prob": 0.5},
         {"affine_degrees": 15.0, "affine_translate": 0.1, "affine_scale": 0.1},
     ):
-        config = TrainConfig(aa=None, batch_size=8, workers=0, **extra)
+        config = TrainConfig().with_values(aa=None, batch_size=8, workers=0, **extra)
         assert not uses_device_batches(config), extra
         x, _ = next(make_batches(images, labels, config, torch.device("cpu")).epoch(0))
         assert x.dtype == torch.uint8 and x.shape == (8, 3, 32, 32)
         with pytest.raises(UserError, match="--device-data on cannot apply"):
             make_batches(
-                images, labels, TrainConfig(aa=None, device_data="on", **extra), torch.device("cpu")
+                images,
+                labels,
+                TrainConfig().with_values(aa=None, device_data="on", **extra),
+                torch.device("cpu"),
             )
     # One ColorJitter strength means brightness, contrast and saturation, as in timm.
-    jitter = pil_transform(TrainConfig(aa=None, color_jitter=[0.4]), 32).transforms[2]
+    jitter = pil_transform(TrainConfig().with_values(aa=None, color_jitter=[0.4]), 32).transforms[2]
     assert jitter.p == 1.0 and tuple(jitter.transforms[0].saturation) == pytest.approx((0.6, 1.4))
     assert jitter.transforms[0].hue is None
-    grey = pil_transform(TrainConfig(aa=None, grayscale_prob=1.0, hflip=0, crop_padding=0), 32)
+    grey = pil_transform(
+        TrainConfig().with_values(aa=None, grayscale_prob=1.0, hflip=0, crop_padding=0), 32
+    )
     out = grey(Image.fromarray(images[0]))
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
 
 def test_cutout_erases_one_fixed_square_with_the_mean_colour():
     images = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
-    config = TrainConfig(reprob=1.0, remode="const", cutout=16)
+    config = TrainConfig().with_values(reprob=1.0, remode="const", cutout=16)
     x, _ = BatchAugment(config, NORM, 10, None, torch.device("cpu"))(images, torch.arange(4))
     for image in x:
         hole = (image == 0).all(dim=0)  # zero after normalisation: the mean colour
@@ -581,7 +589,7 @@ def test_augmentation_and_tracking_settings_are_checked_and_parsed():
     from budgetnet.cli import add_config_arguments
     from budgetnet.training.config import MLFLOW_DEFAULT, merge
 
-    assert merge(TrainConfig(), {"color_jitter": 0.4}, "f").color_jitter == [0.4]
+    assert merge(TrainConfig(), {"color_jitter": 0.4}, "f").augment.color_jitter == [0.4]
     for bad in (
         {"color_jitter": [0.1, 0.2]},
         {"cutout": 16, "reprob": 0},
@@ -601,14 +609,16 @@ def test_augmentation_and_tracking_settings_are_checked_and_parsed():
 
 
 def test_constant_schedule_holds_the_lr_and_imagenet_normalisation_is_used_when_asked():
-    config = TrainConfig(sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32)
+    config = TrainConfig().with_values(
+        sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32
+    )
     set_lr = schedule.make_schedule(config, _optimizer(config), steps_per_epoch=10)
     assert [set_lr(step) for step in (0, 55, 199)] == pytest.approx([1e-3] * 3)
     from timm.data import IMAGENET_DEFAULT_MEAN
 
     splits = DataSplits(None, None, None, NORM)
     assert engine.normalization(TrainConfig(), splits) is NORM
-    imagenet = engine.normalization(TrainConfig(normalize="imagenet"), splits)
+    imagenet = engine.normalization(TrainConfig().with_values(normalize="imagenet"), splits)
     assert imagenet.mean == IMAGENET_DEFAULT_MEAN and "ImageNet" in imagenet.source
 
 

@@ -2,24 +2,22 @@
 evaluation report's confusion matrix, misclassified gallery, per-class accuracy and reliability
 diagram.
 
-Drawn with matplotlib's object API (`Figure`, no pyplot), so nothing depends on a display or
-on global state, and every PNG is written atomically by `save_figure`.
+Each function takes arrays (or a metric's value) and returns a `Figure`; which figures a report
+or a run has, and where they go, is their caller's business, and `save_figure` writes one.
+Drawn with matplotlib's object API (no pyplot), so nothing depends on a display or on global
+state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from budgetnet.evaluation.metrics import Reliability
 from budgetnet.files import atomic_write
-
-if TYPE_CHECKING:  # for the hints only: the report imports this module to draw its plots
-    from budgetnet.evaluation.metrics import Reliability
-    from budgetnet.evaluation.report import Evaluation
 
 GALLERY_SIZE = 36  # misclassified images shown, most confident mistakes first
 ANNOTATE_UP_TO = 20  # classes; beyond this the confusion matrix's counts would not be legible
@@ -65,30 +63,32 @@ def history_figure(
     return figure
 
 
-def write_history_plots(rows: list[dict], folder: str | Path, title: str = "") -> list[Path]:
-    """The loss, accuracy and learning-rate curves of a run's history (HISTORY_CURVES) in
-    `folder`; returns their paths."""
-    return [
-        save_figure(
-            history_figure(rows, f"{heading} {title}".strip(), ylabel, series),
-            Path(folder) / name,
-        )
+def history_figures(rows: list[dict], title: str = "") -> dict[str, Figure]:
+    """The loss, accuracy and learning-rate curves of a run's history, by file name
+    (HISTORY_CURVES)."""
+    return {
+        name: history_figure(rows, f"{heading} {title}".strip(), ylabel, series)
         for name, (heading, ylabel, series) in HISTORY_CURVES.items()
-    ]
+    }
 
 
-def lr_range_figure(result: dict) -> Figure:
-    """The loss against the learning rate of `budgetnet.training.lr_range.lr_range_test`'s
-    result, raw and smoothed, with the suggested learning rate marked."""
+def write_history_plots(rows: list[dict], folder: str | Path, title: str = "") -> list[Path]:
+    """`history_figures` as PNGs in `folder`; returns their paths."""
+    figures = history_figures(rows, title)
+    return [save_figure(figure, Path(folder) / name) for name, figure in figures.items()]
+
+
+def lr_range_figure(
+    lr: Sequence[float], loss: Sequence[float], smoothed: Sequence[float], suggested_lr: float
+) -> Figure:
+    """The training loss against the learning rate of a range test, raw and smoothed, with the
+    suggested learning rate marked."""
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
-    ax.plot(result["lr"], result["loss"], alpha=0.3, label="loss")
-    ax.plot(result["lr"], result["smoothed"], label="smoothed")
+    ax.plot(lr, loss, alpha=0.3, label="loss")
+    ax.plot(lr, smoothed, label="smoothed")
     ax.axvline(
-        result["suggested_lr"],
-        color="k",
-        linestyle="--",
-        label=f"steepest descent {result['suggested_lr']:.2g}",
+        suggested_lr, color="k", linestyle="--", label=f"steepest descent {suggested_lr:.2g}"
     )
     ax.set(
         xscale="log",
@@ -97,7 +97,7 @@ def lr_range_figure(result: dict) -> Figure:
         title="Learning-rate range test",
     )
     # The blow-up at the end would squash the part worth reading.
-    top = min(max(result["smoothed"]), 3 * min(result["smoothed"]))
+    top = min(max(smoothed), 3 * min(smoothed))
     ax.set_ylim(top=top + 0.1 * abs(top))
     ax.legend()
     ax.grid(alpha=0.3)
@@ -144,6 +144,7 @@ def misclassified_figure(
     classes: list[str],
     count: int = GALLERY_SIZE,
 ) -> Figure:
+    """Up to `count` misclassified images, the most confident mistakes first."""
     predicted = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
@@ -168,12 +169,13 @@ def misclassified_figure(
     return figure
 
 
-def per_class_accuracy_figure(per_class: list[dict], accuracy: float) -> Figure:
-    names = [c["class"] for c in per_class]
-    recall = [100 * c["recall"] for c in per_class]
+def per_class_accuracy_figure(
+    names: Sequence[str], recall: Sequence[float], accuracy: float
+) -> Figure:
+    """Each class's accuracy (its recall) as a bar, beside the overall `accuracy`."""
     figure = Figure(figsize=(8, max(3.0, 0.3 * len(names))))
     ax = figure.subplots()
-    ax.barh(np.arange(len(names)), recall, color="tab:blue")
+    ax.barh(np.arange(len(names)), 100 * np.asarray(recall, dtype=float), color="tab:blue")
     ax.axvline(100 * accuracy, color="tab:red", linestyle="--")
     ax.set_yticks(np.arange(len(names)), names)
     ax.invert_yaxis()  # the first class on top, as in the tables
@@ -210,23 +212,3 @@ def reliability_figure(curve: Reliability) -> Figure:
     ax.legend(loc="upper left")
     ax.set_title(f"Reliability diagram, ECE {100 * curve.ece:.2f}% ({bins} bins)")
     return figure
-
-
-def write_evaluation_plots(
-    evaluation: Evaluation, folder: str | Path, prefix: str
-) -> dict[str, Path]:
-    """The four figures as `folder/<prefix>-<name>.png`; returns name -> path."""
-    report, images = evaluation.report, evaluation.images
-    main = next(r for r in report["tta"] if r["level"] == report["main_tta"])
-    figures = {
-        "confusion": confusion_figure(report["confusion_matrix"], report["classes"]),
-        "misclassified": misclassified_figure(
-            images.images, images.labels, evaluation.probs, report["classes"]
-        ),
-        "per-class-accuracy": per_class_accuracy_figure(report["per_class"], main["acc"]),
-        "reliability": reliability_figure(evaluation.reliability),
-    }
-    return {
-        name: save_figure(figure, Path(folder) / f"{prefix}-{name}.png")
-        for name, figure in figures.items()
-    }

@@ -86,8 +86,22 @@ def metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def per_class_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[dict]:
-    """Precision, recall (= the class's accuracy), F1, average precision and support."""
+@dataclass(frozen=True)
+class ClassScore:
+    """One class's row of the per-class table; `recall` is the class's accuracy."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    average_precision: float | None  # None: no image of the class was scored
+    support: int  # images of the class
+
+
+def per_class_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> list[ClassScore]:
+    """Precision, recall, F1, average precision and support of every class, in order."""
     from sklearn.metrics import precision_recall_fscore_support
 
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -95,13 +109,6 @@ def per_class_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str])
     )
     ap = average_precisions(probs, labels)
     return [
-        {
-            "class": name,
-            "precision": float(p),
-            "recall": float(r),
-            "f1": float(f),
-            "average_precision": None if np.isnan(a) else float(a),
-            "support": int(s),
-        }
+        ClassScore(name, float(p), float(r), float(f), None if np.isnan(a) else float(a), int(s))
         for name, p, r, f, a, s in zip(classes, precision, recall, f1, ap, support, strict=True)
     ]

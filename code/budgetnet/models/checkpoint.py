@@ -47,15 +47,6 @@ class Release:
     path: Path  # the folder it came from
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
 def save_release(
     folder: str | Path,
     model: nn.Module,
@@ -68,8 +59,9 @@ def save_release(
 ) -> Path:
     """Write model.safetensors and model.json into `folder`, each atomically."""
     from safetensors.torch import save
+    from timm.utils import unwrap_model  # here: importing timm costs inference a second
 
-    model = unwrap(model)
+    model = unwrap_model(model)  # the plain module under DDP and torch.compile
     spec: ResNetSpec = model.spec
     if len(classes) != spec.num_classes:
         raise ValueError(f"{len(classes)} class names for a {spec.num_classes}-class model")

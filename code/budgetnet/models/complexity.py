@@ -1,7 +1,8 @@
 """Exact parameter and FLOP counts, receptive fields and a per-layer table, without building.
 
-Everything here is integer arithmetic over `spec.plan`, the same layer plan `build(spec)` makes
-its modules from, so it needs no torch modules and counts tens of thousands of specs a second.
+Everything here is integer arithmetic over `spec.plan`, the blocks `build(spec)` makes its
+modules from, each layer with its own formulas (`budgetnet.models.blocks`), so it builds no
+torch module and counts tens of thousands of specs a second.
 
 FLOPs mean what `torch.utils.flop_counter.FlopCounterMode` reports for one image: 2 per
 multiply-add of a convolution or of the classifier's matmul, and nothing for biases, BN, ReLU,
@@ -14,14 +15,12 @@ import functools
 import itertools
 from typing import NamedTuple
 
-from budgetnet.models.spec import Block, Layer, ResNetSpec
+from budgetnet.models.spec import ResNetSpec
 from budgetnet.tables import markdown_table
 
-# No parameters, no FLOPs, same numbers out.
 # The competition's rule: at most this many parameters in the model that labels the test set
 # (an averaged ensemble counts every member).
 PARAMETER_BUDGET = 5_000_000
-_SILENT_OPS = ("relu", "gelu", "dropout", "flatten", "scale")
 
 
 class FlopCount(NamedTuple):
@@ -37,39 +36,11 @@ class LayerRow(NamedTuple):
     flops: int
 
 
-def layer_params(layer: Layer) -> int:
-    """Every parameter, frozen ones included (the whitening filters, the fixed BN scales):
-    a budget counts `model.parameters()`, whatever trains."""
-    if layer.op == "conv":
-        return (layer.in_channels * layer.kernel**2 + layer.bias) * layer.out_channels
-    if layer.op in ("bn", "bn_shift"):  # weight and bias; the running statistics are buffers
-        return 2 * layer.out_channels
-    if layer.op == "linear":
-        return (layer.in_channels + layer.bias) * layer.out_channels
-    return 0
-
-
-def layer_macs(layer: Layer) -> int:
-    if layer.op == "conv":
-        return layer.in_channels * layer.out_channels * layer.kernel**2 * layer.out_size**2
-    if layer.op == "linear":
-        return layer.in_channels * layer.out_channels
-    return 0
-
-
-@functools.cache
-def _block_cost(block: Block) -> tuple[int, int]:
-    """(params, macs) of a block; cached because a search meets the same units again and again."""
-    layers = block.layers + block.shortcut
-    return sum(map(layer_params, layers)), sum(map(layer_macs, layers))
-
-
 @functools.lru_cache(maxsize=1)  # count_params and count_flops usually come as a pair
 def _cost(spec: ResNetSpec) -> tuple[int, int]:
     plan = spec.plan
     blocks = (plan.stem, *itertools.chain.from_iterable(plan.stages), plan.head)
-    params, macs = zip(*map(_block_cost, blocks), strict=True)
-    return sum(params), sum(macs)
+    return sum(b.params for b in blocks), sum(b.macs for b in blocks)
 
 
 def count_params(spec: ResNetSpec) -> int:
@@ -96,9 +67,9 @@ def receptive_field(spec: ResNetSpec) -> dict[str, int]:
     for name, blocks in groups:
         for block in blocks:
             for layer in block.layers:
-                if layer.op in ("conv", "maxpool", "avgpool"):
-                    field += (layer.kernel - 1) * jump
-                    jump *= layer.stride
+                kernel, stride = layer.window
+                field += (kernel - 1) * jump
+                jump *= stride
         fields[name] = field
     return fields
 
@@ -107,17 +78,10 @@ def layer_table(spec: ResNetSpec) -> list[LayerRow]:
     """One row per layer that holds parameters, costs FLOPs or changes the shape, in order."""
     rows = []
     for block_name, block in spec.plan.named_blocks():
-        named = [(f"{block_name}.{layer.name}", layer) for layer in block.layers]
-        named += [(f"{block_name}.shortcut.{layer.name}", layer) for layer in block.shortcut]
-        for name, layer in named:
-            if layer.op in _SILENT_OPS:
-                continue
-            shape = (
-                (layer.out_channels,)
-                if layer.op == "linear"
-                else (layer.out_channels, layer.out_size, layer.out_size)
-            )
-            rows.append(LayerRow(name, layer.op, shape, layer_params(layer), 2 * layer_macs(layer)))
+        for path, layer in block.named_layers():
+            if layer.in_table:
+                row = (layer.op, layer.output_shape, layer.params, 2 * layer.macs)
+                rows.append(LayerRow(f"{block_name}.{path}", *row))
     return rows
 
 

@@ -1,9 +1,9 @@
-"""What a network is: `ResNetSpec` (blocks B, channels C, kernel F, pool P, ...) and its layer plan.
+"""What a network is: `ResNetSpec` (blocks B, channels C, kernel F, pool P, ...) and its plan.
 
-The plan lists every layer with its shapes; `budgetnet.models.builder.build(spec)` turns it
-into modules and `budgetnet.models.complexity` counts parameters and FLOPs from the same plan,
-so the two cannot drift. No torch here: a spec can be checked and counted without it, and a
-checkpoint stores `spec.to_dict()`.
+The plan lists its blocks (the stem, each stage's units, the head), whose classes in
+`budgetnet.models.blocks` lay out their layers with the shapes; `budgetnet.models.builder.build`
+builds those classes and `budgetnet.models.complexity` counts parameters and FLOPs from the same
+plan, so the two cannot drift. Laying out builds no module. A checkpoint stores `spec.to_dict()`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from budgetnet.errors import UserError, brief, reject_unknown, shown
+from budgetnet.models.blocks import (
+    STEM_TYPES,
+    UNIT_TYPES,
+    WHITEN_CHANNELS,
+    WHITEN_KERNEL,
+    Block,
+    Head,
+    ResidualUnit,
+)
 
-BLOCK_TYPES = ("basic", "bottleneck", "preact", "res9", "fast")
-STEMS = ("cifar", "imagenet", "whiten")
-# The whitening stem: a frozen 2x2 patch convolution with a +- pair of filters per eigenvector of
-# the 2x2x3 training patches' covariance (set by budgetnet.models.whitening), then GELU.
-WHITEN_KERNEL = 2
-WHITEN_CHANNELS = 2 * 3 * WHITEN_KERNEL**2
+BLOCK_TYPES = tuple(UNIT_TYPES)  # ("basic", "bottleneck", "preact", "res9", "fast")
+STEMS = tuple(STEM_TYPES)  # ("cifar", "imagenet", "whiten")
 SHORTCUTS = ("projection", "identity")
 MAX_CHANNELS = 8192  # per stage (and classes); with MAX_BLOCKS, a cap for specs read from files
 MAX_BLOCKS = 256  # units per stage, and stages
@@ -174,47 +179,7 @@ def _ints_at_least(values: tuple, minimum: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer plan: what the builder builds and what complexity.py counts.
-
-
-class Layer(NamedTuple):
-    """One leaf module. Maps are square; `out_size` is the side of the output map."""
-
-    name: str  # attribute name inside its block, e.g. "conv1"
-    # "conv" | "bn" | "bn_shift" (scale fixed at 1, learned bias) | "relu" | "gelu" | "maxpool"
-    # | "avgpool" | "flatten" | "dropout" | "linear" | "scale" (a fixed factor)
-    op: str
-    in_channels: int  # for "linear": input features
-    out_channels: int
-    out_size: int
-    kernel: int = 1  # pools: 0 = global
-    stride: int = 1
-    padding: int = 0
-    p: float = 0.0  # dropout probability; "scale": the factor
-    bias: bool = False  # "conv" and "linear"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Block:
-    """A module made of layers: "sequential" runs them in order, the others are residual units.
-
-    Hashed and compared by identity (eq=False): the functions that lay blocks out are cached, so
-    equal blocks are one object, and complexity.py can cache per block without hashing layers.
-    """
-
-    kind: str  # "sequential" | "basic" | "bottleneck" | "preact" | "res9" | "fast"
-    layers: tuple[Layer, ...]
-    shortcut: tuple[Layer, ...] = ()  # projection layers; empty: identity, zero-padded if needed
-    stride: int = 1
-    extra_channels: int = 0  # channels the identity shortcut pads with zeros
-
-    @property
-    def out_channels(self) -> int:
-        return self.layers[-1].out_channels
-
-    @property
-    def out_size(self) -> int:
-        return self.layers[-1].out_size
+# The plan: which blocks, in which order. Each block's layers are laid out by its class (blocks.py).
 
 
 class Plan(NamedTuple):
@@ -231,181 +196,40 @@ class Plan(NamedTuple):
         yield "head", self.head
 
 
-def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
-
-
-def _conv(name: str, cin: int, cout: int, kernel: int, stride: int, size: int) -> Layer:
-    pad = kernel // 2  # "same" padding for odd kernels
-    return Layer(name, "conv", cin, cout, _out_size(size, kernel, stride, pad), kernel, stride, pad)
-
-
-def _bn(name: str, channels: int, size: int, op: str = "bn") -> Layer:
-    return Layer(name, op, channels, channels, size)
-
-
-def _relu(name: str, channels: int, size: int, op: str = "relu") -> Layer:
-    return Layer(name, op, channels, channels, size)
-
-
-# BatchNorm and activation of each unit type: the fast units' BN has a fixed scale.
-_NORM_ACT = {"fast": ("bn_shift", "gelu")}
-_DEFAULT_NORM_ACT = ("bn", "relu")
-
-
-def _dropout(name: str, channels: int, size: int, p: float) -> Layer:
-    return Layer(name, "dropout", channels, channels, size, p=p)
-
-
-def _pool(name: str, op: str, channels: int, size: int, kernel: int, stride: int, pad: int = 0):
-    out = 1 if kernel == 0 else _out_size(size, kernel, stride, pad)
-    return Layer(name, op, channels, channels, out, kernel, stride, pad)
-
-
-def _shortcut(cin: int, cout: int, stride: int, size: int, style: str, with_bn: bool) -> tuple:
-    """Projection layers, or () for an identity (subsampled by `stride`, zero-padded to cout)."""
-    if cin == cout and stride == 1:
-        return ()
-    if style == "identity":
-        if cout < cin:
-            raise UserError(
-                f"an identity shortcut can only add channels, not go from {cin} to {cout}; "
-                "use --shortcut projection"
-            )
-        return ()
-    conv = _conv("conv", cin, cout, 1, stride, size)
-    return (conv, _bn("bn", cout, conv.out_size)) if with_bn else (conv,)
-
-
-@functools.cache
-def _unit(
-    kind: str, cin: int, width: int, kernel: int, stride: int, size: int,
-    shortcut: str, dropout: float, expansion: int,
-) -> Block:  # fmt: skip
-    """One residual unit taking `cin` channels of a `size` map; cached: search repeats them."""
-    if kind == "bottleneck":
-        c1 = _conv("conv1", cin, width, 1, 1, size)
-        c2 = _conv("conv2", width, width, kernel, stride, size)
-        s = c2.out_size
-        c3 = _conv("conv3", width, width * expansion, 1, 1, s)
-        layers = (
-            c1, _bn("bn1", width, size),
-            c2, _bn("bn2", width, s), _dropout("drop", width, s, dropout),
-            c3, _bn("bn3", c3.out_channels, s),
-        )  # fmt: skip
-    elif kind == "preact":
-        c1 = _conv("conv1", cin, width, kernel, stride, size)
-        s = c1.out_size
-        layers = (
-            _bn("bn1", cin, size), c1,
-            _bn("bn2", width, s), _dropout("drop", width, s, dropout),
-            _conv("conv2", width, width, kernel, 1, s),
-        )  # fmt: skip
-    elif kind == "fast":  # x + GELU(BN(conv(x))); like res9, its units never change shape
-        c1 = _conv("conv", cin, width, kernel, stride, size)
-        s = c1.out_size
-        layers = (c1, _bn("bn", width, s, "bn_shift"), _relu("act", width, s, "gelu"))
-    else:  # "basic", and "res9" (whose units never change shape)
-        c1 = _conv("conv1", cin, width, kernel, stride, size)
-        s = c1.out_size
-        layers = (
-            c1, _bn("bn1", width, s), _dropout("drop", width, s, dropout),
-            _conv("conv2", width, width, kernel, 1, s), _bn("bn2", width, s),
-        )  # fmt: skip
-    cout = layers[-1].out_channels
-    # He et al. (2016b): a pre-activation projection is a bare 1x1 conv
-    projection = _shortcut(cin, cout, stride, size, shortcut, with_bn=kind != "preact")
-    return Block(kind, layers, projection, stride, cout - cin)
-
-
-@functools.cache
-def _stem(stem: str, block: str, channels: int, size: int) -> Block:
-    if stem == "whiten":  # 2x2 patches, no padding: a 32 px image becomes a 31 px map
-        conv = Layer(
-            "conv", "conv", 3, WHITEN_CHANNELS, _out_size(size, WHITEN_KERNEL, 1, 0),
-            WHITEN_KERNEL, bias=True,
-        )  # fmt: skip
-        return Block("sequential", (conv, _relu("act", WHITEN_CHANNELS, conv.out_size, "gelu")))
-    if stem == "imagenet":
-        conv = _conv("conv", 3, channels, 7, 2, size)
-        s = conv.out_size
-        layers = (conv, _bn("bn", channels, s), _relu("relu", channels, s))
-        return Block("sequential", layers + (_pool("maxpool", "maxpool", channels, s, 3, 2, 1),))
-    conv = _conv("conv", 3, channels, 3, 1, size)
-    if block == "preact":  # every unit normalises its input first, so the stem is a bare conv
-        return Block("sequential", (conv,))
-    s = conv.out_size
-    return Block("sequential", (conv, _bn("bn", channels, s), _relu("relu", channels, s)))
-
-
-def _pool_layer(block: str, cin: int, width: int, kernel: int, stride: int, size: int) -> Block:
-    """The layer that opens a res9 or fast stage (Page's ResNet-9 layer): conv, max-pool by the
-    stride, BN, activation (ReLU; GELU after a fixed-scale BN in fast stages)."""
-    norm, act = _NORM_ACT.get(block, _DEFAULT_NORM_ACT)
-    layers = (_conv("conv", cin, width, kernel, 1, size),)
-    if stride > 1:
-        layers += (_pool("pool", "maxpool", width, size, stride, stride),)
-    s = layers[-1].out_size
-    if s < 1:
-        raise UserError(f"a {size}x{size} map is too small for a max-pool of {stride}")
-    return Block("sequential", layers + (_bn("bn", width, s, norm), _relu(act, width, s, act)))
-
-
-@functools.cache
-def _head(
-    block: str, channels: int, size: int, pool: int, pool_type: str, dropout: float,
-    num_classes: int, bias: bool = True, scale: float = 1.0,
-) -> Block:  # fmt: skip
-    layers = ()
-    if block == "preact":  # the last unit's output has not been normalised yet
-        layers = (_bn("bn", channels, size), _relu("relu", channels, size))
-    if pool and size % pool:
-        raise UserError(f"pool {pool} does not divide the final {size}x{size} map (0 = global)")
-    pooled = _pool("pool", f"{pool_type}pool", channels, size, pool, pool)
-    features = channels * pooled.out_size**2
-    layers += (
-        pooled,
-        Layer("flatten", "flatten", channels, features, 1),
-        _dropout("drop", features, 1, dropout),
-        Layer("fc", "linear", features, num_classes, 1, bias=bias),
-    )  # fmt: skip
-    if scale != 1:
-        layers += (Layer("scale", "scale", num_classes, num_classes, 1, p=scale),)
-    return Block("sequential", layers)
-
-
 @functools.cache
 def _stage(
-    block: str, cin: int, width: int, n_units: int, kernel: int, stride: int, size: int,
-    shortcut: str, dropout: float, expansion: int,
+    unit: type[ResidualUnit], cin: int, width: int, n_units: int, kernel: int, stride: int,
+    size: int, shortcut: str, dropout: float, expansion: int,
 ) -> tuple[Block, ...]:  # fmt: skip
+    """An opening block if the unit type has one (it downsamples), then the units; cached."""
     stage = []
-    if block in ("res9", "fast"):  # the layer downsamples, so its units keep the shape
-        stage.append(_pool_layer(block, cin, width, kernel, stride, size))
-        cin, size, stride = width, stage[0].out_size, 1
+    if opening := unit.opening(cin, width, kernel, stride, size):
+        stage.append(opening)
+        cin, size, stride = width, opening.out_size, 1
     for i in range(n_units):
         unit_stride = stride if i == 0 else 1  # the first unit downsamples
-        unit = _unit(block, cin, width, kernel, unit_stride, size, shortcut, dropout, expansion)
-        stage.append(unit)
-        cin, size = unit.out_channels, unit.out_size
+        block = unit.plan(cin, width, kernel, unit_stride, size, shortcut, dropout, expansion)
+        stage.append(block)
+        cin, size = block.out_channels, block.out_size
     return tuple(stage)
 
 
 def _plan(spec: ResNetSpec) -> Plan:
+    unit = UNIT_TYPES[spec.block]
     channels = spec.stem_channels or spec.channels[0]
-    stem = _stem(spec.stem, spec.block, channels, spec.input_size)
+    stem = STEM_TYPES[spec.stem].plan(channels, spec.input_size, unit.pre_activation)
     if stem.out_size < 1:  # the whitening stem's 2x2 patches need 2 pixels
         raise UserError(f"input_size {spec.input_size} is too small for the {spec.stem} stem")
     channels, size, stages = stem.out_channels, stem.out_size, []
     for n_units, width, stride in zip(spec.blocks, spec.channels, spec.stage_strides, strict=True):
         stage = _stage(
-            spec.block, channels, width, n_units, spec.kernel, stride, size,
+            unit, channels, width, n_units, spec.kernel, stride, size,
             spec.shortcut, spec.dropout, spec.expansion,
         )  # fmt: skip
         stages.append(stage)
         channels, size = stage[-1].out_channels, stage[-1].out_size
-    head = _head(
-        spec.block, channels, size, spec.pool, spec.pool_type, spec.head_dropout,
-        spec.num_classes, spec.head_bias, spec.logit_scale,
+    head = Head.plan(
+        channels, size, spec.pool, spec.pool_type, spec.head_dropout, spec.num_classes,
+        spec.head_bias, spec.logit_scale, unit.pre_activation,
     )  # fmt: skip
     return Plan(stem, tuple(stages), head)

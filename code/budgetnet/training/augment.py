@@ -73,22 +73,24 @@ class _Batches:
     ) -> None:
         self.count = len(labels)
         self.config, self.device, self.rank, self.world = config, device, rank, world
-        self.per_process = config.batch_size // world
+        self.per_process = config.optimizer.batch_size // world
         # On the device once: redrawing it per batch and copying it there costs a sync.
         self.flip_base = (
-            altflip_base(config.seed, self.count).to(device) if config.altflip else None
+            altflip_base(config.runtime.seed, self.count).to(device)
+            if config.augment.altflip
+            else None
         )
 
     def __len__(self) -> int:
-        return self.count // self.config.batch_size
+        return self.count // self.config.optimizer.batch_size
 
     def order(self, epoch: int) -> torch.Tensor:
-        cfg = self.config
-        return epoch_order(cfg.seed, epoch, self.count, cfg.batch_size, self.rank, self.world)
+        seed, batch = self.config.runtime.seed, self.config.optimizer.batch_size
+        return epoch_order(seed, epoch, self.count, batch, self.rank, self.world)
 
     def altflip(self, x: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
         """The batch of images `index` with the alternating flip applied (if it is on)."""
-        if not self.config.altflip:
+        if not self.config.augment.altflip:
             return x
         flip = altflip_mask(self.flip_base, epoch, index)
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -101,19 +103,19 @@ class DeviceBatches(_Batches):
         self.labels = torch.from_numpy(labels).to(self.device)
 
     def epoch(self, epoch: int):
-        cfg = self.config
+        augment = self.config.augment
         order = self.order(epoch).to(self.device)
-        gen = epoch_generator(cfg.seed, epoch, self.rank + 1)
-        pad = cfg.crop_padding
+        gen = epoch_generator(self.config.runtime.seed, epoch, self.rank + 1)
+        pad = augment.crop_padding
         for start in range(0, len(order), self.per_process):
             index = order[start : start + self.per_process]
             x = self.images[index]
             if pad:
-                x = random_crop(x, pad, gen, cfg.padding_mode)
-            if cfg.altflip:
+                x = random_crop(x, pad, gen, augment.padding_mode)
+            if augment.altflip:
                 x = self.altflip(x, epoch, index)
-            elif cfg.hflip:
-                flip = (torch.rand(len(x), generator=gen) < cfg.hflip).to(
+            elif augment.hflip:
+                flip = (torch.rand(len(x), generator=gen) < augment.hflip).to(
                     self.device, non_blocking=True
                 )
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -143,26 +145,28 @@ def per_image_augmentations(config: TrainConfig, image_size: int) -> list:
     (with --jsd-loss the policy makes the extra views instead, `pil_transform`)."""
     from torchvision import transforms
 
-    steps = []
-    if config.affine_degrees or config.affine_translate or config.affine_scale:
-        shift, zoom = config.affine_translate, config.affine_scale
+    augment, steps = config.augment, []
+    if augment.affine_degrees or augment.affine_translate or augment.affine_scale:
+        shift, zoom = augment.affine_translate, augment.affine_scale
         steps.append(
             transforms.RandomAffine(
-                config.affine_degrees,
+                augment.affine_degrees,
                 translate=(shift, shift) if shift else None,
                 scale=(1 - zoom, 1 + zoom) if zoom else None,
             )
         )
-    if config.color_jitter and any(config.color_jitter):
-        jitter = config.color_jitter
+    if augment.color_jitter and any(augment.color_jitter):
+        jitter = augment.color_jitter
         strengths = jitter * 3 if len(jitter) == 1 else jitter  # one value: as timm expands it
         steps.append(
-            transforms.RandomApply([transforms.ColorJitter(*strengths)], p=config.color_jitter_prob)
+            transforms.RandomApply(
+                [transforms.ColorJitter(*strengths)], p=augment.color_jitter_prob
+            )
         )
-    if config.grayscale_prob:
-        steps.append(transforms.RandomGrayscale(config.grayscale_prob))
-    if config.aa and not config.jsd_loss:
-        steps.append(auto_augment(config.aa, image_size))
+    if augment.grayscale_prob:
+        steps.append(transforms.RandomGrayscale(augment.grayscale_prob))
+    if augment.aa and not config.loss.jsd_loss:
+        steps.append(auto_augment(augment.aa, image_size))
     return steps
 
 
@@ -202,18 +206,18 @@ def pil_transform(config: TrainConfig, image_size: int):
     tensor."""
     from torchvision import transforms
 
-    steps = []
-    if config.crop_padding:
+    augment, steps = config.augment, []
+    if augment.crop_padding:
         steps.append(
             transforms.RandomCrop(
-                image_size, padding=config.crop_padding, padding_mode=config.padding_mode
+                image_size, padding=augment.crop_padding, padding_mode=augment.padding_mode
             )
         )
-    if config.hflip and not config.altflip:  # the alternating flip is applied to the batch
-        steps.append(transforms.RandomHorizontalFlip(config.hflip))
+    if augment.hflip and not augment.altflip:  # the alternating flip is applied to the batch
+        steps.append(transforms.RandomHorizontalFlip(augment.hflip))
     steps += per_image_augmentations(config, image_size)
-    if config.jsd_loss:
-        policy = auto_augment(config.aa, image_size)
+    if config.loss.jsd_loss:
+        policy = auto_augment(augment.aa, image_size)
         return JsdViews(transforms.Compose(steps), policy, transforms.PILToTensor())
     steps.append(transforms.PILToTensor())
     return transforms.Compose(steps)
@@ -236,7 +240,6 @@ class WorkerBatches(_Batches):
         self.dataset = _PILImages(images, labels, pil_transform(self.config, images.shape[1]))
 
     def epoch(self, epoch: int):
-        cfg = self.config
         order = self.order(epoch).tolist()
         # Workers seed Python, NumPy and torch from this generator: augmentations are a function
         # of (seed, epoch, rank) too.
@@ -244,8 +247,8 @@ class WorkerBatches(_Batches):
             self.dataset,
             batch_size=self.per_process,
             sampler=order,
-            num_workers=cfg.workers,
-            generator=epoch_generator(cfg.seed, epoch, self.rank + 1),
+            num_workers=self.config.runtime.workers,
+            generator=epoch_generator(self.config.runtime.seed, epoch, self.rank + 1),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
@@ -259,13 +262,13 @@ class WorkerBatches(_Batches):
 
 def uses_device_batches(config: TrainConfig) -> bool:
     """Device-resident batches unless a per-image PIL augmentation needs workers."""
-    if config.device_data == "auto":
+    if config.runtime.device_data == "auto":
         return not _needs_workers(config)
-    return config.device_data == "on"
+    return config.runtime.device_data == "on"
 
 
 def _needs_workers(config: TrainConfig) -> bool:
-    return config.jsd_loss or bool(per_image_augmentations(config, IMAGE_SIZE))
+    return config.loss.jsd_loss or bool(per_image_augmentations(config, IMAGE_SIZE))
 
 
 def make_batches(
@@ -282,8 +285,9 @@ def make_batches(
             "--device-data on cannot apply per-image augmentations (RandAugment, colour "
             "jitter, grayscale, affine): use --device-data auto or off"
         )
-    if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} must divide by {world} processes")
+    batch = config.optimizer.batch_size
+    if batch % world:
+        raise ValueError(f"batch size {batch} must divide by {world} processes")
     return kind(images, labels, config, device, rank, world)
 
 
@@ -325,32 +329,33 @@ class BatchAugment:
         from timm.data import Mixup
         from timm.data.random_erasing import RandomErasing
 
+        augment = config.augment
         self.normalization, self.image_size = normalization, image_size
-        self.channels_last = config.channels_last  # the model's memory order (engine.setup)
-        self.noise = (config.noise_prob, config.noise_std)
+        self.channels_last = config.runtime.channels_last  # the model's memory order (engine.setup)
+        self.noise = (augment.noise_prob, augment.noise_std)
         self.erase = None
-        if config.reprob:
+        if augment.reprob:
             # Cutout (albumentations' CoarseDropout with one hole) is RandomErasing of a fixed
             # square: one area, aspect ratio 1. As a share of the image it survives resizing.
-            area = (config.cutout / IMAGE_SIZE) ** 2
+            area = (augment.cutout / IMAGE_SIZE) ** 2
             square = {"min_area": area, "max_area": area, "min_aspect": 1.0}
             self.erase = RandomErasing(
-                config.reprob,
-                mode=config.remode,
+                augment.reprob,
+                mode=augment.remode,
                 device=str(device),
-                num_splits=JSD_SPLITS if config.jsd_loss else 0,  # the clean view stays clean
-                **(square if config.cutout else {}),
+                num_splits=JSD_SPLITS if config.loss.jsd_loss else 0,  # the clean view stays clean
+                **(square if augment.cutout else {}),
             )
         self.mix = (
             Mixup(
-                mixup_alpha=config.mixup,
-                cutmix_alpha=config.cutmix,
-                prob=config.mixup_prob,
-                switch_prob=config.mixup_switch_prob,
-                label_smoothing=config.smoothing,
+                mixup_alpha=augment.mixup,
+                cutmix_alpha=augment.cutmix,
+                prob=augment.mixup_prob,
+                switch_prob=augment.mixup_switch_prob,
+                label_smoothing=config.loss.smoothing,
                 num_classes=num_classes,
             )
-            if config.mixup or config.cutmix
+            if augment.mixes
             else None
         )
 

@@ -13,7 +13,6 @@ measures again: config.yaml records the resolved epochs beside the budget.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -64,8 +63,8 @@ def resolve_epochs(
         s.config, len(s.batches), step_seconds, image_seconds, s.splits,
         measured=clock() - started,
     )  # fmt: skip
-    log(estimate.note(s.config.time_budget, len(s.batches)))
-    return dataclasses.replace(s.config, epochs=estimate.epochs)
+    log(estimate.note(s.config.schedule.time_budget, len(s.batches)))
+    return s.config.with_values(epochs=estimate.epochs)
 
 
 def epochs_within(
@@ -80,13 +79,14 @@ def epochs_within(
     what is left of the budget after measuring; a budget too small for one is refused."""
     val = len(splits.val) if splits.val is not None else 0
     test = len(splits.test) if splits.test is not None else 0
-    test_views = sum(view_count(level) for level in {0, config.tta})
+    test_views = sum(view_count(level) for level in {0, config.evaluation.tta})
     epoch = steps_per_epoch * step_seconds + val * image_seconds
-    left = 60 * config.time_budget - measured - test * test_views * image_seconds
+    minutes = config.schedule.time_budget
+    left = 60 * minutes - measured - test * test_views * image_seconds
     epochs = math.floor(left / epoch) if epoch > 0 else 0
     if epochs < 1:
         raise UserError(
-            f"time budget {config.time_budget:g} min: one epoch takes about {epoch / 60:.1f} "
+            f"time budget {minutes:g} min: one epoch takes about {epoch / 60:.1f} "
             f"min here and {max(left, 0) / 60:.1f} min are left after measuring; raise "
             "--time-budget or shrink the model or data"
         )
@@ -107,7 +107,7 @@ def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
         s.set_lr(0)
         step(
             s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device,
-            s.config.amp,
+            s.config.runtime.amp,
         )  # fmt: skip
     _synchronize(s.device)
     return (clock() - start) / MEASURED_STEPS
@@ -132,7 +132,11 @@ def _time_inference(session, clock: Callable[[], float]) -> float:
     source = s.splits.val if s.splits.val is not None else s.splits.train
     images = source.images[:VAL_SAMPLE]
     run = functools.partial(
-        infer, s.model, normalization=s.splits.normalization, device=s.device, amp=s.config.amp
+        infer,
+        s.model,
+        normalization=s.splits.normalization,
+        device=s.device,
+        amp=s.config.runtime.amp,
     )
     run(images[:32])
     start = clock()

@@ -1,4 +1,4 @@
-"""Every training hyperparameter in one place, with units, and how they are set.
+"""Every training hyperparameter in one place, with units, grouped by what it sets.
 
 Defaults are the recipe of the 4.9M-parameter ResNet-24 Kaggle project (95%+ on CIFAR-10):
 SGD + momentum, cosine annealing with linear warmup, random crop + flip, RandAugment,
@@ -6,18 +6,39 @@ RandomErasing, label smoothing 0.05. Values are resolved in this order, later wi
 
     defaults  <  --preset NAME (configs/NAME.yaml)  <  --config FILE.yaml  <  flags
 
-A config file holds these keys plus `model:` (a registered model's name, or a mapping of spec
-fields with an optional `name:`); an unknown key anywhere is an error, so a typo never
-silently trains the default. budgetnet.cli turns command lines into these settings.
+`TrainConfig` is a frozen composition of groups, each a dataclass that checks itself when it
+is built (its fields' types and ranges, then the settings within it that depend on each
+other); TrainConfig checks the settings that span groups:
+
+    dataset     data, max_per_class, val_size, train_splits, normalize
+    optimizer   batch_size, opt, lr, lr_base_size, momentum, nesterov, weight_decay, ...
+    schedule    epochs, time_budget, sched, warmup_epochs, ..., whiten_bias_epochs
+    augment     crop_padding, hflip, altflip, aa, color_jitter, ..., reprob, mixup, cutmix
+    loss        smoothing, jsd_loss
+    distill     teacher, kd_alpha, kd_temperature
+    averaging   ema, ema_decay, lookahead, lookahead_decay, swa, swa_start, swa_lr
+    runtime     seed, device, amp, channels_last, threads, mallopt, compile, device_data, workers
+    evaluation  tta, patience, min_delta
+    outputs     run_dir, plots_dir, release_half, tensorboard, mlflow
+
+Code reads `config.optimizer.lr`; everything outside it names a setting by its flat name,
+unique across groups (`lr`, `reprob`): config files and `model:`, flags, `merge`, a study's
+space, and the run directory's config.yaml (`TrainConfig.flat()` / `from_flat`). An unknown
+key is an error, so a typo never silently trains the default. budgetnet.cli turns command
+lines into these settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from budgetnet.data.sources import IMAGE_SIZE, parse_train_splits
 from budgetnet.errors import UserError, brief, reject_unknown, shorten, shown
@@ -92,16 +113,64 @@ MAX_TEACHERS = 64  # models in a distillation ensemble
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d{1,4})?"
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Every setting, each declared with its type and range (`number`, `one_of`, `text`; bools
-    and paths need none beyond their type), all checked on construction (`__post_init__`), so
-    a config built in code is held to the same limits as one read from a file or flags."""
+# --------------------------------------------------------------------------------------------
+# A field's resolved type, and the base every group shares: checked when built
 
-    # data
-    data: str | None = (
-        None  # any source budgetnet.data.sources reads (None: $BUDGETNET_DATA, ./data)
-    )
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A setting's type as its annotation resolves (`list[float] | None`): the values it takes
+    are `base` (bool, int, float or str), or a list of them when `many`; None when
+    `optional`."""
+
+    base: type
+    optional: bool = False
+    many: bool = False
+
+    @classmethod
+    def of(cls, annotation: Any) -> Kind:
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        parts = typing.get_args(annotation) if union else (annotation,)
+        (inner,) = [part for part in parts if part is not type(None)]
+        many = typing.get_origin(inner) is list
+        base = typing.get_args(inner)[0] if many else inner
+        if base not in (bool, int, float, str):
+            raise TypeError(f"a setting is a bool, int, float or str (or a list of them): {base}")
+        return cls(base, type(None) in parts, many)
+
+
+@functools.cache
+def kinds(group: type) -> dict[str, Kind]:
+    """The Kind of each field of a group class, from its resolved annotations."""
+    hints = typing.get_type_hints(group)
+    return {field.name: Kind.of(hints[field.name]) for field in dataclasses.fields(group)}
+
+
+class Group:
+    """A frozen dataclass of settings, each declared with its type and range (`number`,
+    `one_of`, `text`; bools and paths need none beyond their type). Built, it holds each value
+    as its field's type and within its range (a one-line UserError naming the setting
+    otherwise); a group whose settings depend on each other checks that next."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            kind = kinds(type(self))[field.name]
+            value = _typed(field.name, kind, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)  # frozen: set once, here, typed
+            if value is not None:
+                _in_range(field, kind, value)
+
+
+# --------------------------------------------------------------------------------------------
+# The groups
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Group):
+    """Which images train, and how they are normalized."""
+
+    # any source budgetnet.data.sources reads (None: $BUDGETNET_DATA, ./data)
+    data: str | None = None
     max_per_class: int | None = number(None, 1, MAX_IMAGES)  # the first N train images per class
     # images held out from train for validation (0 = none; None: a tenth of them, at most 5000;
     # a run records the count it held out)
@@ -111,11 +180,16 @@ class TrainConfig:
     train_splits: str = text("train", max_length=64)
     # per-channel mean/std: data (of the training images) | imagenet
     normalize: str = one_of("data", ("data", "imagenet"))
-    # schedule
-    epochs: int = number(200, 1, MAX_EPOCHS)
-    # minutes the run may take (None = off): the step rate is measured on the first steps and
-    # `epochs` set to end inside it (budgetnet.training.budget); config.yaml records the epochs
-    time_budget: float | None = number(None, 0, MAX_MINUTES, "minutes", low_open=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_train_splits(self.train_splits)  # train first, then known splits, each once
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Group):
+    """The optimizer and its step: batch, learning rate, momentum, weight decay, Muon."""
+
     batch_size: int = number(128, 1, MAX_BATCH)  # images per optimizer step, over all processes
     # sgd | adam | adamw | muon (Muon for conv filters, SGD for the rest)
     opt: str = one_of("sgd", ("sgd", "adam", "adamw", "muon"))
@@ -139,6 +213,40 @@ class TrainConfig:
     muon_lr: float = number(0.24, 0, MAX_LR)
     # opt muon: the filters' Nesterov momentum
     muon_momentum: float = number(0.6, 0, 1, high_open=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_decoupled_units()
+        self._check_nesterov()
+
+    def _check_decoupled_units(self) -> None:
+        if self.decoupled and self.opt not in ("sgd", "muon"):
+            raise UserError(f"decoupled units are for SGD (or Muon's SGD part), got opt {self.opt}")
+
+    def _check_nesterov(self) -> None:
+        if self.nesterov and self.opt in ("sgd", "muon") and not self.momentum > 0:
+            raise UserError("nesterov needs a momentum above 0 (SGD's Nesterov momentum)")
+
+    @property
+    def effective_lr(self) -> float:
+        """The optimizer's peak learning rate (torch's units, for the mean loss of a batch)."""
+        lr = self.lr * self.batch_size / self.lr_base_size
+        return lr / (1 + 1 / (1 - self.momentum)) if self.decoupled else lr
+
+    @property
+    def effective_weight_decay(self) -> float:
+        """The optimizer's weight_decay (torch's units: added to the gradient, times the lr)."""
+        return self.weight_decay / self.lr if self.decoupled else self.weight_decay
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(Group):
+    """How long the run trains and how the learning rate moves through it."""
+
+    epochs: int = number(200, 1, MAX_EPOCHS)
+    # minutes the run may take (None = off): the step rate is measured on the first steps and
+    # `epochs` set to end inside it (budgetnet.training.budget); config.yaml records the epochs
+    time_budget: float | None = number(None, 0, MAX_MINUTES, "minutes", low_open=True)
     # cosine (linear warmup, then cosine) | onecycle | constant | linear (piecewise linear:
     # lr_start_factor x peak at step 0, the peak at warmup_epochs, lr_end_factor x peak at the end)
     sched: str = one_of("cosine", ("cosine", "onecycle", "constant", "linear"))
@@ -150,7 +258,14 @@ class TrainConfig:
     lr_end_factor: float = number(0.07, 0, 1)
     # onecycle: fraction of steps rising to the peak (epoch 5 of 24)
     onecycle_pct: float = number(5 / 24, 0, 1, low_open=True, high_open=True)
-    # augmentation
+    # a whitening stem's bias trains for this many epochs only
+    whiten_bias_epochs: float = number(3.0, 0, MAX_EPOCHS, "epochs")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(Group):
+    """What each training image goes through: crop, flip, policies, erasing, noise, mixing."""
+
     # random crop after padding by this many pixels (0 = off; reflect padding needs less than
     # the image side)
     crop_padding: int = number(4, 0, IMAGE_SIZE, "pixels", high_open=True)
@@ -191,13 +306,52 @@ class TrainConfig:
     mixup_prob: float = number(1.0, 0, 1)  # probability of applying Mixup/CutMix to a batch
     # probability of CutMix rather than Mixup when both are on
     mixup_switch_prob: float = number(0.5, 0, 1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_cutout()
+        self._check_aa_policy()
+        self._check_hue()
+
+    def _check_cutout(self) -> None:
+        if self.cutout and not self.reprob:
+            raise UserError(
+                "cutout is the shape RandomErasing cuts: give it a probability (--reprob)"
+            )
+
+    def _check_aa_policy(self) -> None:
+        if self.aa and self.aa not in AA_NAMES:
+            aa_sections(self.aa)  # a timm policy: each section known and in range
+
+    def _check_hue(self) -> None:
+        jitter = self.color_jitter
+        if jitter is not None and len(jitter) == 4 and not jitter[3] <= 0.5:
+            raise UserError(
+                f"color_jitter's hue (the 4th value) must be in [0, 0.5], got {jitter[3]:g}"
+            )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (Mixup or CutMix): pairs of images, soft targets."""
+        return bool(self.mixup or self.cutmix)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig(Group):
+    """The task loss: label smoothing, AugMix's consistency term."""
+
     smoothing: float = number(0.05, 0, 1)  # label smoothing of the cross-entropy
     # AugMix's Jensen-Shannon consistency loss: every image is seen clean and through two
     # `aa augmix-...` chains (3x the compute per image); timm JsdCrossEntropy
     jsd_loss: bool = False
-    # knowledge distillation (budgetnet.training.objective): releases or run directories of
-    # models trained by this project (one, or an ensemble of up to MAX_TEACHERS) that the
-    # student learns
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(Group):
+    """Knowledge distillation (budgetnet.training.objective)."""
+
+    # releases or run directories of models trained by this project (one, or an ensemble of up
+    # to MAX_TEACHERS) that the student learns
     teacher: list[str] | None = dataclasses.field(
         default=None, metadata={"lengths": range(1, MAX_TEACHERS + 1)}
     )
@@ -205,7 +359,12 @@ class TrainConfig:
     kd_alpha: float = number(0.5, 0, 1)
     # softmax temperature of teacher and student in that term
     kd_temperature: float = number(4.0, 0, 100, low_open=True)
-    # weights
+
+
+@dataclasses.dataclass(frozen=True)
+class AveragingConfig(Group):
+    """Averages of the weights: EMA, Lookahead, SWA."""
+
     ema: bool = False  # keep an exponential moving average of the weights; it is evaluated
     ema_decay: float = number(0.9998, 0, 1)  # per optimizer step (timm ModelEmaV3, with warmup)
     # Lookahead-style averaging (airbench): every this many steps a slow copy of the weights
@@ -213,15 +372,22 @@ class TrainConfig:
     lookahead: int = number(0, 0, MAX_STEPS, "steps")
     # the slow copy's decay at the last step (ramps up as t^3)
     lookahead_decay: float = number(0.95**5, 0, 1, high_open=True)
-    # a whitening stem's bias trains for this many epochs only
-    whiten_bias_epochs: float = number(3.0, 0, MAX_EPOCHS, "epochs")
     # stochastic weight averaging (budgetnet.training.swa): from epoch swa_start x epochs on,
     # average the weights after every epoch, at lr swa_lr (per lr_base_size images, as lr; None:
     # keep the schedule's), then recompute BatchNorm statistics and release the average
     swa: bool = False
     swa_start: float = number(0.75, 0, 1, high_open=True)  # a fraction of the epochs
     swa_lr: float | None = number(None, 0, MAX_LR, low_open=True)
-    # speed
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig(Group):
+    """Where and how fast it runs, and its seed: what may differ between equal recipes."""
+
+    seed: int = number(0, 0, MAX_SEED)
+    device: str = text(
+        "auto", pattern=DEVICE_PATTERN, words="auto, cpu, mps, cuda or cuda:N"
+    )  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast where the device computes bf16 natively (else float32)
     channels_last: bool = True
     # CPU threads (0 = every core this process may use); checked before torch sees it
@@ -233,16 +399,22 @@ class TrainConfig:
     device_data: str = one_of("auto", ("auto", "on", "off"))
     # DataLoader worker processes for the PIL augmentation path (0 = in this process)
     workers: int = number(2, 0, MAX_WORKERS)
-    # evaluation and stopping
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(Group):
+    """The final test report's TTA, and early stopping on validation accuracy."""
+
     tta: int = one_of(1, (0, 1, 2))  # test-time augmentation level for the final test report
     # stop after this many epochs without a better val accuracy (0 = never)
     patience: int = number(0, 0, MAX_EPOCHS, "epochs")
     min_delta: float = number(0.0, 0, 1)  # smallest val accuracy gain that counts as better
-    # run
-    seed: int = number(0, 0, MAX_SEED)
-    device: str = text(
-        "auto", pattern=DEVICE_PATTERN, words="auto, cpu, mps, cuda or cuda:N"
-    )  # auto | cpu | cuda | cuda:N | mps
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig(Group):
+    """What the run leaves besides its run directory's record, and where."""
+
     run_dir: str | None = None  # default runs/<time>-<model>
     plots_dir: str | None = None  # also publish the curves here (e.g. plots/)
     release_half: bool = True  # save the release weights in float16 (half the size)
@@ -251,34 +423,104 @@ class TrainConfig:
     # MLflow tracking URI to log to (None = off); `--mlflow` alone means MLFLOW_DEFAULT.
     mlflow: str | None = dataclasses.field(default=None, metadata={"bare": MLFLOW_DEFAULT})
 
+
+# --------------------------------------------------------------------------------------------
+# The whole config: its groups, and the settings that span them
+
+
+def _group(kind: type) -> Any:
+    return dataclasses.field(default_factory=kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting, by group (`config.optimizer.lr`); each group checked when it is built, and
+    the settings across groups here, so a config built in code is held to the same limits as
+    one read from a file or flags. Outside code names settings flat (`flat`, `from_flat`,
+    `with_values`, `merge`)."""
+
+    dataset: DataConfig = _group(DataConfig)
+    optimizer: OptimizerConfig = _group(OptimizerConfig)
+    schedule: ScheduleConfig = _group(ScheduleConfig)
+    augment: AugmentConfig = _group(AugmentConfig)
+    loss: LossConfig = _group(LossConfig)
+    distill: DistillConfig = _group(DistillConfig)
+    averaging: AveragingConfig = _group(AveragingConfig)
+    runtime: RuntimeConfig = _group(RuntimeConfig)
+    evaluation: EvaluationConfig = _group(EvaluationConfig)
+    outputs: OutputConfig = _group(OutputConfig)
+
     def __post_init__(self) -> None:
-        """Each value as its field's type and within its range, then the settings that depend
-        on each other; a one-line UserError naming the setting otherwise."""
-        for field in dataclasses.fields(self):
-            value = _typed(field, getattr(self, field.name))
-            setattr(self, field.name, value)
-            if value is not None:
-                _in_range(field, value)
-        _check(self)
+        for field in dataclasses.fields(self):  # a group, not a mapping of its settings
+            kind = field.default_factory
+            if not isinstance(getattr(self, field.name), kind):
+                raise TypeError(f"TrainConfig.{field.name} must be a {kind.__name__}")
+        self._check_muon_schedule()
+        self._check_mixup_pairs()
+        self._check_jsd_views()
 
-    @property
-    def effective_lr(self) -> float:
-        """The optimizer's peak learning rate (torch's units, for the mean loss of a batch)."""
-        lr = self.lr * self.batch_size / self.lr_base_size
-        return lr / (1 + 1 / (1 - self.momentum)) if self.decoupled else lr
+    def _check_muon_schedule(self) -> None:
+        if self.optimizer.opt == "muon" and self.schedule.sched == "onecycle":
+            raise UserError(
+                "opt muon pairs two optimizers, which onecycle cannot drive: use another sched"
+            )
 
-    @property
-    def effective_weight_decay(self) -> float:
-        """The optimizer's weight_decay (torch's units: added to the gradient, times the lr)."""
-        return self.weight_decay / self.lr if self.decoupled else self.weight_decay
+    def _check_mixup_pairs(self) -> None:
+        if self.augment.mixes and self.optimizer.batch_size % 2:
+            raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _check_jsd_views(self) -> None:
+        """The JSD loss compares a clean view with two AugMix views of the same image."""
+        if not self.loss.jsd_loss:
+            return
+        augment = self.augment
+        if not (augment.aa or "").startswith("augmix"):
+            raise UserError("jsd_loss compares AugMix views: give an --aa augmix-... policy")
+        if augment.mixes or augment.altflip or self.distill.teacher:
+            raise UserError("jsd_loss does not combine with mixup, cutmix, altflip or a teacher")
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name: what config.yaml, checkpoints and trackers record."""
+        return {
+            name: value
+            for field in dataclasses.fields(self)
+            for name, value in dataclasses.asdict(getattr(self, field.name)).items()
+        }
+
+    def with_values(self, **values: Any) -> TrainConfig:
+        """This config with settings replaced by flat name (`lr=0.2`): the groups they belong
+        to are rebuilt, and so checked, then the whole; an unknown name is an error."""
+        reject_unknown(values, SETTINGS, "setting")
+        changed: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            changed.setdefault(SETTINGS[name].group, {})[name] = value
+        groups = {key: dataclasses.replace(getattr(self, key), **v) for key, v in changed.items()}
+        return dataclasses.replace(self, **groups)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], where: str) -> TrainConfig:
+        """The defaults with flat `values` over them (a config file, a run's config.yaml of any
+        version: a setting it lacks takes its default); errors name `where`."""
+        return merge(cls(), values, where)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# The settings that take one of a few values (cli.py makes them argparse choices).
-CHOICES = {name: f.metadata["choices"] for name, f in FIELDS.items() if "choices" in f.metadata}
+class Setting(NamedTuple):
+    """Where a flat name lives: TrainConfig's group attribute, the field, its resolved type."""
+
+    group: str
+    field: dataclasses.Field
+    kind: Kind
+
+
+GROUPS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
+SETTINGS: dict[str, Setting] = {
+    field.name: Setting(group, field, kinds(kind)[field.name])
+    for group, kind in GROUPS.items()
+    for field in dataclasses.fields(kind)
+}
+if len(SETTINGS) != sum(len(dataclasses.fields(kind)) for kind in GROUPS.values()):
+    raise TypeError("a flat setting name appears in two groups")  # flat names must stay unique
+
 
 # Named recipes are YAML files in configs/ (`--preset NAME` is `--config configs/NAME.yaml`).
 RECIPES_DIR = REPO_ROOT / "configs"
@@ -300,17 +542,24 @@ def recipe_config(name: str) -> TrainConfig:
     path = recipe_file(name)
     values = read_config_file(path)
     values.pop("model", None)
-    return merge(TrainConfig(), values, str(path))
+    return TrainConfig.from_flat(values, str(path))
 
 
 def list_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
+# --------------------------------------------------------------------------------------------
+# Types and ranges, checked and described
+
+
 def range_text(name: str) -> str:
     """What setting `name` accepts, in words ("at least 0 and at most 256", "in [0, 1]")."""
-    field = FIELDS[name]
-    kind = str(field.type)
+    setting = SETTINGS[name]
+    return _range_words(setting.field, setting.kind)
+
+
+def _range_words(field: dataclasses.Field, kind: Kind) -> str:
     if "choices" in field.metadata:
         return "one of " + ", ".join(map(str, field.metadata["choices"]))
     words = []
@@ -323,33 +572,35 @@ def range_text(name: str) -> str:
         )
         words.append(f"{count} values")
     if "range" in field.metadata:
-        words.append(field.metadata["range"].text(kind.startswith("int")))
-    if "str" in kind:
+        words.append(field.metadata["range"].text(kind.base is int))
+    if kind.base is str:
         if "words" in field.metadata:
             words.append(field.metadata["words"])
         else:
             words.append(f"text of at most {field.metadata.get('max_length', MAX_TEXT)} characters")
-    if kind.startswith("bool"):
+    if kind.base is bool:
         words.append("true or false")
-    return ", each ".join(words) + (" (or none)" if "None" in kind else "")
+    return ", each ".join(words) + (" (or none)" if kind.optional else "")
 
 
-def _in_range(field: dataclasses.Field, value: Any) -> None:
+def _in_range(field: dataclasses.Field, kind: Kind, value: Any) -> None:
     """`value` (already of the field's type, not None) within the field's declared limits."""
     name, meta = field.name, field.metadata
     if "choices" in meta and value not in meta["choices"]:
-        raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+        raise UserError(f"{name} must be {_range_words(field, kind)}, got {shown(value)}")
     items = value if isinstance(value, list) else [value]
     if "lengths" in meta and len(items) not in meta["lengths"]:
-        raise UserError(f"{name} takes {range_text(name)}, got {len(items)}: {shown(value)}")
+        raise UserError(
+            f"{name} takes {_range_words(field, kind)}, got {len(items)}: {shown(value)}"
+        )
     for item in items:
         if isinstance(item, str):
-            _check_text(field, item)
+            _check_text(field, kind, item)
         elif "range" in meta and isinstance(item, int | float) and item not in meta["range"]:
-            raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+            raise UserError(f"{name} must be {_range_words(field, kind)}, got {shown(value)}")
 
 
-def _check_text(field: dataclasses.Field, value: str) -> None:
+def _check_text(field: dataclasses.Field, kind: Kind, value: str) -> None:
     name, limit = field.name, field.metadata.get("max_length", MAX_TEXT)
     if len(value) > limit:
         raise UserError(f"{name} is {len(value)} characters long; at most {limit}: {shown(value)}")
@@ -357,52 +608,84 @@ def _check_text(field: dataclasses.Field, value: str) -> None:
         raise UserError(f"{name} holds a NUL character: {shown(value)}")
     pattern = field.metadata.get("pattern")
     if pattern and not re.fullmatch(pattern, value):
-        raise UserError(f"{name} must be {range_text(name)}, got {shown(value)}")
+        raise UserError(f"{name} must be {_range_words(field, kind)}, got {shown(value)}")
 
 
-def _check(config: TrainConfig) -> None:
-    """The settings that depend on each other (each alone is in range already)."""
-    if config.cutout and not config.reprob:
-        raise UserError("cutout is the shape RandomErasing cuts: give it a probability (--reprob)")
-    parse_train_splits(config.train_splits)
-    _check_fast_track(config)
-    _check_kaggle_techniques(config)
-    if (config.mixup or config.cutmix) and config.batch_size % 2:
-        raise UserError("Mixup/CutMix pair each batch with its reverse: use an even batch size")
-    jitter = config.color_jitter
-    if jitter is not None and len(jitter) == 4 and not jitter[3] <= 0.5:
-        raise UserError(
-            f"color_jitter's hue (the 4th value) must be in [0, 0.5], got {jitter[3]:g}"
-        )
+def _typed(name: str, kind: Kind, value: Any) -> Any:
+    """`value` as a setting of `kind`, or a one-line error: no silent coercion of "10" or 12.5
+    to an integer, no NaN or infinity, and "none" for an optional text setting is None. Lists:
+    each item so (one number for a list of numbers is a list of one)."""
+    if value is None or (
+        kind.optional
+        and kind.base is str
+        and isinstance(value, str)
+        and value.lower() in ("none", "null")
+    ):
+        if kind.optional:
+            return None
+        raise UserError(f"{name} needs a value, got None")
+    if not kind.many:
+        return _typed_item(name, kind.base, value)
+    if kind.base is float and _is_number(value):
+        value = [value]  # color_jitter: 0.4, as timm's --color-jitter takes it
+    if not isinstance(value, list | tuple):
+        expected = "numbers" if kind.base is float else "paths"
+        raise UserError(f"{name} must be a list of {expected}, got {brief(value)}")
+    return [_typed_item(f"{name}[{i}]", kind.base, item) for i, item in enumerate(value)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed_item(name: str, base: type, value: Any) -> Any:
+    if base is bool:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif base is int:
+        ok, expected = _is_number(value) and isinstance(value, int), "an integer"
+    elif base is float:
+        try:
+            ok = _is_number(value) and math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        expected = "a finite number"
+        value = float(value) if ok else value
+    else:
+        ok, expected = isinstance(value, str), "text"
+    if not ok:
+        hint = ""
+        if isinstance(value, str) and base is float and _looks_numeric(value):
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+        raise UserError(f"{name} must be {expected}, got {brief(value)}{hint}")
+    return value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def short_run_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
     """A warmup that does not fit the run (the default 5 epochs when --epochs 1) becomes a
     fifth of the run; returns the config and a one-line note saying so (None if unchanged)."""
-    too_long = config.warmup_epochs >= config.epochs and config.sched == "cosine"
-    too_long |= config.warmup_epochs > config.epochs and config.sched == "linear"
+    schedule = config.schedule
+    too_long = schedule.warmup_epochs >= schedule.epochs and schedule.sched == "cosine"
+    too_long |= schedule.warmup_epochs > schedule.epochs and schedule.sched == "linear"
     if not too_long:
         return config, None
-    warmup = config.epochs / 5
+    warmup = schedule.epochs / 5
     note = (
-        f"note: warmup_epochs {config.warmup_epochs:g} does not fit a {config.epochs}-epoch "
+        f"note: warmup_epochs {schedule.warmup_epochs:g} does not fit a {schedule.epochs}-epoch "
         f"run; warming up for {warmup:g} epochs instead"
     )
-    return dataclasses.replace(config, warmup_epochs=warmup), note
+    return config.with_values(warmup_epochs=warmup), note
 
 
-def _check_fast_track(config: TrainConfig) -> None:
-    """The settings of the fast-track recipe: decoupled units, schedule, Muon, lookahead."""
-    sgd = config.opt in ("sgd", "muon")
-    if config.decoupled and not sgd:
-        raise UserError(f"decoupled units are for SGD (or Muon's SGD part), got opt {config.opt}")
-    if config.nesterov and sgd and not config.momentum > 0:
-        raise UserError("nesterov needs a momentum above 0 (SGD's Nesterov momentum)")
-    if config.opt == "muon" and config.sched == "onecycle":
-        raise UserError(
-            "opt muon pairs two optimizers, which onecycle cannot drive: use another sched"
-        )
-
+# --------------------------------------------------------------------------------------------
+# Augmentation policies: timm's, read as timm reads them
 
 AA_NAMES = ("trivialaugment", "autoaugment-cifar10")  # torchvision's policies, by name
 JSD_SPLITS = 3  # --jsd-loss: the clean view and two AugMix views of every image
@@ -463,80 +746,16 @@ def aa_sections(policy: str) -> dict[str, Any]:
     return values
 
 
-def _check_kaggle_techniques(config: TrainConfig) -> None:
-    """Augmentation policies, the JSD loss and distillation."""
-    aa = config.aa
-    if aa and aa not in AA_NAMES:
-        aa_sections(aa)
-    if config.jsd_loss and not (aa or "").startswith("augmix"):
-        raise UserError("jsd_loss compares AugMix views: give an --aa augmix-... policy")
-    if config.jsd_loss and (config.mixup or config.cutmix or config.altflip or config.teacher):
-        raise UserError("jsd_loss does not combine with mixup, cutmix, altflip or a teacher")
+# --------------------------------------------------------------------------------------------
+# Settings by flat name, from files and flags
 
 
-def _typed(field: dataclasses.Field, value: Any) -> Any:
-    """`value` as `field`'s type, or a one-line error: no silent coercion of "10" or 12.5 to an
-    integer, no NaN or infinity, and "none" for an optional text setting is None. Lists: each
-    item so (one number for a list of numbers is a list of one)."""
-    name, kind = field.name, str(field.type)
-    optional = "None" in kind
-    if value is None or (
-        optional and "str" in kind and isinstance(value, str) and value.lower() in ("none", "null")
-    ):
-        if optional:
-            return None
-        raise UserError(f"{name} needs a value, got None")
-    if not kind.startswith("list"):
-        return _typed_item(name, kind, value)
-    item_kind = kind.removeprefix("list[").split("]")[0]
-    if item_kind == "float" and _is_number(value):
-        value = [value]  # color_jitter: 0.4, as timm's --color-jitter takes it
-    if not isinstance(value, list | tuple):
-        expected = "numbers" if item_kind == "float" else "paths"
-        raise UserError(f"{name} must be a list of {expected}, got {brief(value)}")
-    return [_typed_item(f"{name}[{i}]", item_kind, item) for i, item in enumerate(value)]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _typed_item(name: str, kind: str, value: Any) -> Any:
-    if kind.startswith("bool"):
-        ok, expected = isinstance(value, bool), "true or false"
-    elif kind.startswith("int"):
-        ok, expected = _is_number(value) and isinstance(value, int), "an integer"
-    elif kind.startswith("float"):
-        try:
-            ok = _is_number(value) and math.isfinite(value)
-        except OverflowError:  # an integer too large for a float
-            ok = False
-        expected = "a finite number"
-        value = float(value) if ok else value
-    else:
-        ok, expected = isinstance(value, str), "text"
-    if not ok:
-        hint = ""
-        if isinstance(value, str) and kind.startswith("float") and _looks_numeric(value):
-            hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
-        raise UserError(f"{name} must be {expected}, got {brief(value)}{hint}")
-    return value
-
-
-def _looks_numeric(text: str) -> bool:
+def merge(config: TrainConfig, overrides: Mapping[str, Any], where: str) -> TrainConfig:
+    """`config` with flat `overrides` applied; unknown keys and values of the wrong type or
+    out of range are one-line errors naming `where`."""
+    reject_unknown(overrides, SETTINGS, "setting", where)
     try:
-        float(text)
-    except (ValueError, OverflowError):
-        return False
-    return True
-
-
-def merge(config: TrainConfig, overrides: dict[str, Any], where: str) -> TrainConfig:
-    """`config` with `overrides` applied; unknown keys and values of the wrong type or out of
-    range are one-line errors naming `where`."""
-    reject_unknown(overrides, FIELDS, "setting", where)
-    try:
-        return dataclasses.replace(config, **overrides)
+        return config.with_values(**overrides)
     except UserError as exc:
         raise UserError(f"{shorten(str(where), 100)}: {exc}") from None
 

@@ -102,7 +102,7 @@ def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0)
     """`metrics` of the probabilities of the shared `infer()` on a labeled split."""
     probs = infer(
         model, images.images, session.splits.normalization, tta=tta,
-        device=session.device, amp=session.config.amp,
+        device=session.device, amp=session.config.runtime.amp,
     )  # fmt: skip
     return metrics(probs.numpy(), images.labels)
 
@@ -110,7 +110,7 @@ def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0)
 def normalization(config: TrainConfig, splits: DataSplits) -> Normalization:
     """The training images' own mean/std, or ImageNet's (`--normalize imagenet`, the 224 px
     recipes)."""
-    if config.normalize == "data":
+    if config.dataset.normalize == "data":
         return splits.normalization
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -205,7 +205,7 @@ class Session:
 
     @property
     def stem_steps(self) -> int:
-        return round(self.config.whiten_bias_epochs * len(self.batches))
+        return round(self.config.schedule.whiten_bias_epochs * len(self.batches))
 
 
 def setup(
@@ -220,28 +220,28 @@ def setup(
     """Data (loaded unless given), the model (data-dependent initialisation unless resuming),
     its EMA, optimizer, schedule, batches and augmentation, on the configured device. `ddp`:
     the process group a caller has already joined (fit does, before its tracker)."""
-    ddp = ddp if ddp is not None else distributed.init_distributed(config.device)
-    device = resolve_device(config.device)
+    ddp = ddp if ddp is not None else distributed.init_distributed(config.runtime.device)
+    device = resolve_device(config.runtime.device)
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)
     runtime = _runtime(config, device)  # threads and allocator first: they speed up the rest
-    seed_everything(config.seed + ddp.rank)
+    seed_everything(config.runtime.seed + ddp.rank)
     splits = splits or load_data(config)
     splits = replace(splits, normalization=normalization(config, splits))
-    if config.val_size is None:  # the run records the count the default held out
-        config = replace(config, val_size=splits.notes.get("val_size", 0))
+    if config.dataset.val_size is None:  # the run records the count the default held out
+        config = config.with_values(val_size=splits.notes.get("val_size", 0))
     if spec.num_classes != len(splits.train.classes):
         log(f"model: num_classes set to {len(splits.train.classes)} from the data")
         spec = replace(spec, num_classes=len(splits.train.classes))
     model = build(spec)
-    init_seconds = init_model(model, spec, splits, config.seed) if initialise else 0.0
+    init_seconds = init_model(model, spec, splits, config.runtime.seed) if initialise else 0.0
     model = model.to(device, memory_format=_memory_format(config))
     batches = make_batches(
         splits.train.images, splits.train.labels, config, device, ddp.rank, ddp.world
     )
     if len(batches) == 0:
         raise UserError(
-            f"{len(splits.train)} training images make no batch of {config.batch_size}; "
+            f"{len(splits.train)} training images make no batch of {config.optimizer.batch_size}; "
             "lower --batch-size"
         )
     optimizer = make_optimizer(config, model)
@@ -251,7 +251,7 @@ def setup(
         BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device),
         Objective(config, _teacher(config, splits, spec.input_size, device)),
         make_schedule(config, optimizer, len(batches)), _lookahead(model, config, len(batches)),
-        whitened_stem(model, spec), WeightAverage(model, config) if config.swa else None,
+        whitened_stem(model, spec), WeightAverage(model, config) if config.averaging.swa else None,
         init_seconds, runtime, log,
     )  # fmt: skip
 
@@ -259,26 +259,27 @@ def setup(
 def load_data(config: TrainConfig) -> DataSplits:
     """The splits `config` asks for (train, validation held out from it, test)."""
     return load_splits(
-        config.data,
-        val_size=config.val_size,
-        max_per_class=config.max_per_class,
-        seed=config.seed,
-        train_splits=config.train_splits,
+        config.dataset.data,
+        val_size=config.dataset.val_size,
+        max_per_class=config.dataset.max_per_class,
+        seed=config.runtime.seed,
+        train_splits=config.dataset.train_splits,
     )
 
 
 def _runtime(config: TrainConfig, device: torch.device) -> str:
     """Threads, allocator and precision, for the log (and the CPU set up on the way)."""
-    parts = [configure_cpu(config.threads, config.mallopt)] if device.type == "cpu" else []
-    parts.append(precision_name(device, config.amp))
-    if config.amp and amp_dtype(device) is None:
+    run = config.runtime
+    parts = [configure_cpu(run.threads, run.mallopt)] if device.type == "cpu" else []
+    parts.append(precision_name(device, run.amp))
+    if run.amp and amp_dtype(device) is None:
         parts[-1] += f" (this {device.type.upper()} has no native bf16)"
     return ", ".join(parts)
 
 
 def _memory_format(config: TrainConfig) -> torch.memory_format:
     """The model's and its inputs' memory order (BatchAugment follows the same setting)."""
-    return torch.channels_last if config.channels_last else torch.contiguous_format
+    return torch.channels_last if config.runtime.channels_last else torch.contiguous_format
 
 
 def _wrap(model: nn.Module, config: TrainConfig, ddp, device: torch.device) -> nn.Module:
@@ -287,31 +288,34 @@ def _wrap(model: nn.Module, config: TrainConfig, ddp, device: torch.device) -> n
         trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return torch.compile(trained) if config.compile else trained
+    return torch.compile(trained) if config.runtime.compile else trained
 
 
 def _ema(model: nn.Module, config: TrainConfig) -> nn.Module | None:
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=config.ema_decay, use_warmup=True) if config.ema else None
+    averaging = config.averaging
+    return ModelEmaV3(model, decay=averaging.ema_decay, use_warmup=True) if averaging.ema else None
 
 
 def _teacher(
     config: TrainConfig, splits: DataSplits, input_size: int, device: torch.device
 ) -> Teacher | None:
-    if config.teacher is None:
+    if config.distill.teacher is None:
         return None
     return Teacher(
-        config.teacher, splits.normalization, config.kd_temperature, device, config.amp,
+        config.distill.teacher, splits.normalization, config.distill.kd_temperature, device,
+        config.runtime.amp,
         classes=splits.train.classes, input_size=input_size,
     )  # fmt: skip
 
 
 def _lookahead(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> Lookahead | None:
-    if not config.lookahead:
+    averaging = config.averaging
+    if not averaging.lookahead:
         return None
-    total = config.epochs * steps_per_epoch
-    return Lookahead(model, config.lookahead, config.lookahead_decay, total)
+    total = config.schedule.epochs * steps_per_epoch
+    return Lookahead(model, averaging.lookahead, averaging.lookahead_decay, total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,11 +335,11 @@ class Progress:
 def run_record(session: Session, argv: list[str] | None) -> dict:
     """config.yaml's content: the settings, the model, the data and its provenance."""
     return {
-        "config": session.config.to_dict(),
+        "config": session.config.flat(),
         "model": session.spec.to_dict(),
         "data": session.splits.notes,
         "normalization": session.splits.normalization.to_dict(),
-        "provenance": runs.provenance(session.config.seed, argv),
+        "provenance": runs.provenance(session.config.runtime.seed, argv),
     }
 
 
@@ -356,7 +360,7 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
         progress = Progress(
             int(state["epoch"]) + 1,
             float(state["best_acc"]),
-            int(state.get("patience_left", s.config.patience)),
+            int(state.get("patience_left", s.config.evaluation.patience)),
         )
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise UserError(
@@ -383,7 +387,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     steps = len(s.batches)
     progress = tqdm(
         s.batches.epoch(epoch), total=steps, leave=False, mininterval=1,
-        desc=f"epoch {epoch + 1}/{s.config.epochs}", disable=not s.ddp.main,
+        desc=f"epoch {epoch + 1}/{s.config.schedule.epochs}", disable=not s.ddp.main,
     )  # fmt: skip
     for i, (images, labels) in enumerate(progress):
         step = epoch * steps + i
@@ -391,7 +395,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
         frozen = [s.stem.bias] if s.stem is not None and step >= s.stem_steps else []
         loss, logits = train_step(
             s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device,
-            s.config.amp, frozen,
+            s.config.runtime.amp, frozen,
         )  # fmt: skip
         if s.lookahead is not None:
             s.lookahead.after_step(s.model, step + 1)
@@ -430,13 +434,14 @@ def end_epoch(
     # history.csv keeps its columns; top-5 goes to the console, the release and the trackers.
     reported = {**row, **({"val_top5": val["top5"]} if "top5" in val else {})}
     score = row["val_acc"] if row["val_acc"] is not None else row["epoch"]  # no val: the last
-    improved = score > progress.best_acc + s.config.min_delta
+    stopping = s.config.evaluation
+    improved = score > progress.best_acc + stopping.min_delta
     progress.best_acc = max(progress.best_acc, score) if improved else progress.best_acc
-    progress.patience_left = s.config.patience if improved else progress.patience_left - 1
+    progress.patience_left = stopping.patience if improved else progress.patience_left - 1
     progress.epoch = row["epoch"] + 1
     best = None
     if s.ddp.main:
-        s.log(_epoch_line(reported, s.config.epochs, improved))
+        s.log(_epoch_line(reported, s.config.schedule.epochs, improved))
         if improved:
             best = _save_best(s, reported, run_dir, record)
         runs.write_history(run_dir, progress.history)
@@ -444,11 +449,11 @@ def end_epoch(
     if s.average is not None:
         s.average.after_epoch(s.model, row["epoch"])
     _save_state(s, progress, run_dir)
-    stop = bool(s.config.patience) and progress.patience_left <= 0
+    stop = bool(stopping.patience) and progress.patience_left <= 0
     if stop and s.ddp.main:
         s.log(
-            f"early stop: no val accuracy gain over {s.config.min_delta} in "
-            f"{s.config.patience} epochs"
+            f"early stop: no val accuracy gain over {stopping.min_delta} in "
+            f"{stopping.patience} epochs"
         )
     return stop
 
@@ -470,7 +475,7 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
         s.log("SWA: no epoch reached --swa-start; the best epoch's release stays")
         return
     inputs = (
-        normalize(images, s.splits.normalization, s.spec.input_size, s.config.channels_last)
+        normalize(images, s.splits.normalization, s.spec.input_size, s.config.runtime.channels_last)
         for images, _ in s.batches.epoch(progress.epoch)
     )
     model = s.average.finish(inputs, s.device)
@@ -484,12 +489,12 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
 
 def _save_release(s: Session, model: nn.Module, scores: dict, run_dir: Path, record: dict) -> None:
     provenance = {
-        **record["provenance"], "run_dir": str(run_dir), "config": s.config.to_dict(),
+        **record["provenance"], "run_dir": str(run_dir), "config": s.config.flat(),
         "data": record["data"],
     }  # fmt: skip
     checkpoint.save_release(
         run_dir / checkpoint.BEST_DIR, model, s.splits.train.classes,
-        s.splits.normalization, scores, provenance, half=s.config.release_half,
+        s.splits.normalization, scores, provenance, half=s.config.outputs.release_half,
     )  # fmt: skip
 
 
@@ -539,10 +544,10 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
     release = checkpoint.load_release(run_dir, s.device)
     scores = dict(release.meta["metrics"])
     if s.splits.test is not None:
-        for tta in sorted({0, s.config.tta}):  # the configured level last
+        for tta in sorted({0, s.config.evaluation.tta}):  # the configured level last
             probs = infer(
                 release.model, s.splits.test.images, s.splits.normalization, tta=tta,
-                device=s.device, amp=s.config.amp,
+                device=s.device, amp=s.config.runtime.amp,
             )  # fmt: skip
             scored = metrics(probs.numpy(), s.splits.test.labels)
             scores[f"test_acc_tta{tta}"] = scored["acc"]
@@ -558,11 +563,11 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
         # per-epoch validation and checkpoints
         "train_seconds": s.init_seconds + sum(row["seconds"] for row in progress.history),
         "init_seconds": s.init_seconds,
-        "train_splits": s.config.train_splits,  # "train+test": no test accuracy is reported
+        "train_splits": s.config.dataset.train_splits,  # "train+test": no test accuracy is reported
         **scores,
     }
     runs.write_json(run_dir / "results.json", results)
-    for out in filter(None, (run_dir, s.config.plots_dir)):
+    for out in filter(None, (run_dir, s.config.outputs.plots_dir)):
         write_history_plots(progress.history, out, f"({model_name(release.model.spec)})")
     s.log(
         "results: "
@@ -596,21 +601,21 @@ def fit(
     from torchvision.utils import save_image
 
     started = time.perf_counter()
-    ddp = distributed.init_distributed(config.device)
+    ddp = distributed.init_distributed(config.runtime.device)
     tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
-    if config.time_budget is not None and resume is None:
+    if config.schedule.time_budget is not None and resume is None:
         splits = splits or load_data(config)
         config = _fit_budget(config, spec, splits, ddp, started, log)
     config, note = short_run_warmup(config)
     if note:
         log(note)
     s = setup(config, spec, splits, initialise=resume is None, log=log, ddp=ddp)
-    run_dir = Path(resume or config.run_dir or runs.default_run_dir(model_name(s.spec)))
+    run_dir = Path(resume or config.outputs.run_dir or runs.default_run_dir(model_name(s.spec)))
     if resume is not None:
         progress, record = resume_progress(s, run_dir), runs.read_config(run_dir)
-        log(f"resuming {run_dir} after epoch {progress.epoch} of {config.epochs}")
+        log(f"resuming {run_dir} after epoch {progress.epoch} of {config.schedule.epochs}")
     else:
-        progress, record = Progress(patience_left=config.patience), run_record(s, argv)
+        progress, record = Progress(patience_left=config.evaluation.patience), run_record(s, argv)
         if s.ddp.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             runs.write_config(run_dir, record)
@@ -618,7 +623,7 @@ def fit(
     if s.ddp.main:
         log(_start_line(s, parameters, run_dir))
     with tracker.run(run_dir, record, progress.history, parameters, resumed=resume is not None):
-        for epoch in range(progress.epoch, config.epochs):
+        for epoch in range(progress.epoch, config.schedule.epochs):
             row = train_epoch(s, epoch, tracker)
             stop = end_epoch(s, progress, row, run_dir, record, tracker)
             if on_epoch is not None:
@@ -656,7 +661,7 @@ def _start_line(s: Session, parameters: int, run_dir: Path) -> str:
     batches = "device-resident" if uses_device_batches(config) else "worker"
     return (
         f"training {model_name(s.spec)} ({parameters:,} parameters) on {s.device} for "
-        f"{config.epochs} epochs: {len(s.splits.train)} train / "
+        f"{config.schedule.epochs} epochs: {len(s.splits.train)} train / "
         f"{len(s.splits.val) if s.splits.val else 0} val images, {batches} batches, "
         f"{s.runtime}; run directory {run_dir}"
     )

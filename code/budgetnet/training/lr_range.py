@@ -46,7 +46,14 @@ def lr_range_test(
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
             loss, _ = train_step(
-                s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device, config.amp
+                s.trained,
+                s.optimizer,
+                s.augment,
+                s.objective,
+                images,
+                labels,
+                s.device,
+                config.runtime.amp,
             )
             value = loss.item()
             average = smoothing * average + (1 - smoothing) * value

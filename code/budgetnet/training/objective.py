@@ -107,7 +107,7 @@ class Objective:
 
     def __init__(self, config: TrainConfig, teacher: Teacher | None = None) -> None:
         self.task = _task_loss(config)
-        self.teacher, self.alpha = teacher, config.kd_alpha
+        self.teacher, self.alpha = teacher, config.distill.kd_alpha
 
     def __call__(
         self, logits: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor
@@ -120,12 +120,12 @@ class Objective:
 
 
 def _task_loss(config: TrainConfig) -> nn.Module:
-    if config.jsd_loss:
+    if config.loss.jsd_loss:
         from timm.loss import JsdCrossEntropy
 
-        return JsdCrossEntropy(num_splits=JSD_SPLITS, smoothing=config.smoothing)
-    if config.mixup or config.cutmix:
+        return JsdCrossEntropy(num_splits=JSD_SPLITS, smoothing=config.loss.smoothing)
+    if config.augment.mixes:
         from timm.loss import SoftTargetCrossEntropy
 
         return SoftTargetCrossEntropy()
-    return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=config.loss.smoothing)

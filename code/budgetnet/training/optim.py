@@ -27,15 +27,16 @@ def param_groups(config: TrainConfig, model: nn.Module, skip: set[int] = frozens
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
     }
-    lr, decay = config.effective_lr, config.effective_weight_decay
+    optimizer = config.optimizer
+    lr, decay = optimizer.effective_lr, optimizer.effective_weight_decay
     buckets: dict[str, list] = {"weights": [], "bn_biases": [], "other": []}
     for p in model.parameters():
         if not p.requires_grad or id(p) in skip:
             continue
         kind = "weights" if p.ndim > 1 else "bn_biases" if id(p) in bn_biases else "other"
         buckets[kind].append(p)
-    scale = config.bias_lr_scale
-    vector_decay = decay if config.bias_decay else 0.0
+    scale = optimizer.bias_lr_scale
+    vector_decay = decay if optimizer.bias_decay else 0.0
     groups = [
         {"params": buckets["weights"], "lr": lr, "weight_decay": decay},
         {"params": buckets["bn_biases"], "lr": lr * scale, "weight_decay": vector_decay / scale},
@@ -72,14 +73,14 @@ class Optimizers:
 
 def make_optimizer(config: TrainConfig, model: nn.Module):
     """SGD (Nesterov or not), Adam, AdamW, or Muon + SGD, over `param_groups`."""
-    filters = []
-    if config.opt == "muon":
+    settings, filters = config.optimizer, []
+    if settings.opt == "muon":
         filters = [p for p in model.parameters() if p.ndim == 4 and p.requires_grad]
     groups = param_groups(config, model, skip={id(p) for p in filters})
-    if config.opt in ("sgd", "muon"):
-        sgd = torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov)
+    if settings.opt in ("sgd", "muon"):
+        sgd = torch.optim.SGD(groups, momentum=settings.momentum, nesterov=settings.nesterov)
         if not filters:
             return sgd
-        return Optimizers(sgd, Muon(filters, config.muon_lr, config.muon_momentum))
-    kind = torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW
-    return kind(groups, betas=(config.momentum, 0.999))
+        return Optimizers(sgd, Muon(filters, settings.muon_lr, settings.muon_momentum))
+    kind = torch.optim.Adam if settings.opt == "adam" else torch.optim.AdamW
+    return kind(groups, betas=(settings.momentum, 0.999))

@@ -50,27 +50,27 @@ MAX_MOMENTUM = 0.95
 
 def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
     """W: the optimizer steps of the cosine warmup, or where the linear schedule peaks."""
-    return round(config.warmup_epochs * steps_per_epoch)
+    return round(config.schedule.warmup_epochs * steps_per_epoch)
 
 
 def linear_factor(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     """The piecewise-linear schedule as a fraction of the peak at optimizer step `step`:
     lr_start_factor at step 0, 1 at step W, lr_end_factor at step `total`."""
-    peak = warmup_steps(config, steps_per_epoch)
+    peak, start = warmup_steps(config, steps_per_epoch), config.schedule.lr_start_factor
     if step < peak:
-        return config.lr_start_factor + (1 - config.lr_start_factor) * step / peak
+        return start + (1 - start) * step / peak
     span = max(total - peak, 1)
-    return 1 + (config.lr_end_factor - 1) * min(step - peak, span) / span
+    return 1 + (config.schedule.lr_end_factor - 1) * min(step - peak, span) / span
 
 
 def _cosine(config: TrainConfig, step: int, total: int, steps_per_epoch: int, peak: float) -> float:
-    warmup = warmup_steps(config, steps_per_epoch)
+    warmup, low = warmup_steps(config, steps_per_epoch), config.schedule.min_lr
     if step < warmup:
         return step * (peak / warmup)
     t, span = step - warmup, total - warmup
     if t >= span:  # past the one cycle timm runs (its cycle_limit 1)
-        return config.min_lr
-    return config.min_lr + 0.5 * (peak - config.min_lr) * (1 + math.cos(math.pi * t / span))
+        return low
+    return low + 0.5 * (peak - low) * (1 + math.cos(math.pi * t / span))
 
 
 def _anneal(start: float, end: float, pct: float) -> float:
@@ -80,7 +80,7 @@ def _anneal(start: float, end: float, pct: float) -> float:
 
 def _onecycle_phase(config: TrainConfig, step: int, total: int) -> tuple[bool, float]:
     """(whether `step` is in the rising phase, how far through its phase it is, 0 to 1)."""
-    rise_end = float(config.onecycle_pct * total) - 1  # torch's end step: not rounded
+    rise_end = float(config.schedule.onecycle_pct * total) - 1  # torch's end step: not rounded
     if step <= rise_end:
         # torch divides 0 by 0 when the rise ends at step 0; that step is the peak
         return True, step / rise_end if rise_end > 0 else 1.0
@@ -89,35 +89,37 @@ def _onecycle_phase(config: TrainConfig, step: int, total: int) -> tuple[bool, f
 
 def swa_start_epoch(config: TrainConfig) -> int:
     """The first epoch (0-based) whose weights stochastic weight averaging takes."""
-    return min(round(config.swa_start * config.epochs), config.epochs - 1)
+    epochs = config.schedule.epochs
+    return min(round(config.averaging.swa_start * epochs), epochs - 1)
 
 
 def lr_at(
     config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, peak: float
 ) -> float:
     """The learning rate at optimizer step `step` of a group whose peak lr is `peak`."""
-    swa_held = config.swa and config.swa_lr is not None
+    swa_lr, sched = config.averaging.swa_lr, config.schedule.sched
+    swa_held = config.averaging.swa and swa_lr is not None
     if swa_held and step >= swa_start_epoch(config) * steps_per_epoch:
-        return peak * config.swa_lr / config.lr  # each group keeps its ratio to the base
-    if config.sched == "constant":
+        return peak * swa_lr / config.optimizer.lr  # each group keeps its ratio to the base
+    if sched == "constant":
         return peak
-    if config.sched == "linear":
+    if sched == "linear":
         return peak * linear_factor(config, step, total_steps, steps_per_epoch)
-    if config.sched == "cosine":
+    if sched == "cosine":
         return _cosine(config, step, total_steps, steps_per_epoch, peak)
-    if config.sched == "onecycle":
+    if sched == "onecycle":
         rising, pct = _onecycle_phase(config, step, total_steps)
         initial = peak / ONECYCLE_DIV_FACTOR
         if rising:
             return _anneal(initial, peak, pct)
         return _anneal(peak, initial / ONECYCLE_FINAL_DIV_FACTOR, pct)
-    raise ValueError(f"unknown schedule {config.sched!r}")
+    raise ValueError(f"unknown schedule {sched!r}")
 
 
 def momentum_at(config: TrainConfig, step: int, total_steps: int) -> float | None:
     """The momentum (Adam: beta1) at optimizer step `step`, or None where the schedule leaves
     the optimizer's own: only onecycle cycles it."""
-    if config.sched != "onecycle":
+    if config.schedule.sched != "onecycle":
         return None
     rising, pct = _onecycle_phase(config, step, total_steps)
     if rising:
@@ -137,7 +139,7 @@ def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int) -> Calla
     torch optimizer or several stepped as one), each from its own peak, and onecycle's momentum
     into every group that has one; return group 0's lr. The groups' lrs when this is called are
     the peaks, so make the schedule before the first `set_lr`."""
-    total = config.epochs * steps_per_epoch
+    total = config.schedule.epochs * steps_per_epoch
     peaks = [group["lr"] for group in optimizer.param_groups]
 
     def set_lr(step: int) -> float:

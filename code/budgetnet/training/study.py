@@ -30,7 +30,7 @@ from budgetnet.errors import UserError, brief, reject_unknown, shorten
 from budgetnet.files import atomic_write
 from budgetnet.models.complexity import count_params
 from budgetnet.models.spec import BLOCK_TYPES, STEMS, ResNetSpec
-from budgetnet.training.config import TrainConfig, merge, read_config_file
+from budgetnet.training.config import SETTINGS, TrainConfig, merge, read_config_file
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SPACE_ATTR = "budgetnet_space"  # the study's user attribute holding the space it was made for
@@ -171,7 +171,7 @@ class SearchSpace:
         parts = {}
         for part, defaults, known in [
             ("model", DEFAULT_MODEL, MODEL_DIMENSIONS),
-            ("recipe", DEFAULT_RECIPE, [f.name for f in dataclasses.fields(TrainConfig)]),
+            ("recipe", DEFAULT_RECIPE, list(SETTINGS)),
         ]:  # fmt: skip
             given = content.get(part) or {}
             if not isinstance(given, dict):
@@ -447,14 +447,14 @@ def write_results(study, base: TrainConfig, out: Path, figures: bool = True) -> 
 
 def best_recipe(trial, base: TrainConfig) -> dict:
     """The trial's network and recipe over the study's own settings: train.py --config input."""
-    default = TrainConfig()
+    default = TrainConfig().flat()
     settings = {
-        f.name: getattr(base, f.name) for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and getattr(base, f.name) != getattr(default, f.name)
+        name: value for name, value in base.flat().items()
+        if name not in NOT_RECIPE and value != default[name]
     }  # fmt: skip
     return {
         "model": trial.user_attrs["spec"],
-        "epochs": base.epochs,
+        "epochs": base.schedule.epochs,
         **settings,
         **trial.user_attrs["recipe"],
     }

@@ -74,9 +74,9 @@ class Tracker:
     def __init__(self, config: TrainConfig, enabled: bool = True) -> None:
         self.config, self.enabled = config, enabled
         self.tensorboard = self.mlflow = None  # the modules, when asked for
-        if enabled and config.tensorboard:
+        if enabled and config.outputs.tensorboard:
             self.tensorboard = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
-        if enabled and config.mlflow:
+        if enabled and config.outputs.mlflow:
             self.mlflow = _require("mlflow", "mlflow", "mlflow")
         self.run_dir = self.hparams = self.writer = self.log = None  # set by run()
         self.last_step: tuple[int, float] | None = None  # (step, time) of the last step point
@@ -110,7 +110,7 @@ class Tracker:
                 self.mlflow.end_run("FAILED" if failed else "FINISHED")
 
     def _start_mlflow(self, resumed: bool) -> None:
-        mlflow, uri = self.mlflow, self.config.mlflow
+        mlflow, uri = self.mlflow, self.config.outputs.mlflow
         if uri != MLFLOW_DEFAULT:
             mlflow.set_tracking_uri(uri)
         id_file = self.run_dir / MLFLOW_RUN_FILE
@@ -139,7 +139,7 @@ class Tracker:
         self.writer.add_scalar("step/train_loss", loss.item(), step)
         self.writer.add_scalar("step/lr", lr, step)
         if self.last_step is not None:
-            images = (step - self.last_step[0]) * self.config.batch_size
+            images = (step - self.last_step[0]) * self.config.optimizer.batch_size
             self.writer.add_scalar("step/images_per_s", images / (now - self.last_step[1]), step)
         self.last_step = (step, now)
 
