@@ -11,7 +11,7 @@ from budgetnet.errors import UserError
 from budgetnet.training.augment import BatchAugment, gaussian_noise
 from budgetnet.training.config import TrainConfig, merge
 
-from tiny import NORM
+from tiny import NORM, TINY_SPEC, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -87,3 +87,49 @@ def test_mixup_blends_each_image_with_its_mirror_in_the_batch_by_one_weight():
 def test_noise_settings_outside_their_range_are_refused(key, value):
     with pytest.raises(UserError, match=key):
         merge(TrainConfig(), {key: value}, "test")
+
+
+def test_progressive_resizing_grows_the_side_linearly_then_trains_at_full_size():
+    from budgetnet.training.schedule import image_size_at
+
+    config = TrainConfig().with_values(epochs=10, progressive_size=20, progressive_until=0.5)
+    assert [image_size_at(config, e, 32) for e in range(10)] == [20, 22, 25, 27, 30] + [32] * 5
+    plain = TrainConfig().with_values(epochs=10)
+    assert {image_size_at(plain, e, 32) for e in range(10)} == {32}
+
+
+def test_progressive_resizing_shrinks_each_epochs_batches_with_antialiasing(cifar, tmp_path):
+    """The model sees the epoch's side, and a shrunk batch is the area average of the image."""
+    from budgetnet.training import engine
+
+    seen = []
+    config = tiny_config(cifar, tmp_path, epochs=2, progressive_size=16, progressive_until=0.5)
+    session = engine.setup(config, TINY_SPEC, log=lambda line: None)
+    hook = session.model.stem.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[-1]) if module.training else None
+    )
+    for epoch in range(2):
+        engine.train_epoch(session, epoch, _NullTracker())
+    hook.remove()
+    steps = len(session.batches)
+    assert seen == [16] * steps + [32] * steps
+    stripes = torch.zeros((1, 3, 32, 32), dtype=torch.uint8)
+    stripes[..., ::2] = 200
+    augment = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, 20, CPU)
+    small = pixels(augment(stripes, None)[0])
+    assert small.shape[-1] == 20  # plain bilinear would give stripes of 20..180 here
+    assert torch.allclose(small, torch.full_like(small, 100 / 255), atol=0.08)
+
+
+def test_progressive_resizing_refuses_a_side_the_network_cannot_take(cifar, tmp_path):
+    from budgetnet.training import engine
+
+    with pytest.raises(UserError, match="below the model's input size"):
+        engine.setup(tiny_config(cifar, tmp_path, progressive_size=32), TINY_SPEC)
+    with pytest.raises(UserError, match="needs a share of the epochs"):
+        TrainConfig().with_values(progressive_size=16, progressive_until=0)
+
+
+class _NullTracker:
+    def step(self, *args) -> None:
+        pass

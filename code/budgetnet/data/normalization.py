@@ -109,7 +109,11 @@ def normalize(
     mean, std = channel_statistics(normalization, batch.device, torch.get_default_dtype())
     x = (batch.float() / 255.0 - mean) / std
     if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        # antialiased when shrinking (progressive resizing), so small steps see no aliasing
+        shrink = size < x.shape[-1]
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+        )
     return x.contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )

@@ -260,6 +260,19 @@ class ScheduleConfig(Group):
     onecycle_pct: float = number(5 / 24, 0, 1, low_open=True, high_open=True)
     # a whitening stem's bias trains for this many epochs only
     whiten_bias_epochs: float = number(3.0, 0, MAX_EPOCHS, "epochs")
+    # Progressive resizing: the batches of the first `progressive_until` of the epochs are
+    # downscaled, growing linearly from `progressive_size` pixels to the full size; the rest
+    # train at the full size, so the statistics BatchNorm keeps are those of the test images.
+    progressive_size: int = number(0, 0, 1024, "pixels")  # 0 = off
+    progressive_until: float = number(0.5, 0, 1, high_open=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_progressive_share()
+
+    def _check_progressive_share(self) -> None:
+        if self.progressive_size and not self.progressive_until:
+            raise UserError("progressive_size needs a share of the epochs (--progressive-until)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ from budgetnet.training.config import TrainConfig, short_run_warmup
 from budgetnet.training.lookahead import Lookahead
 from budgetnet.training.objective import Objective, Teacher
 from budgetnet.training.optim import make_optimizer
-from budgetnet.training.schedule import make_schedule
+from budgetnet.training.schedule import image_size_at, make_schedule
 from budgetnet.training.swa import WeightAverage
 from budgetnet.training.tracking import Tracker
 
@@ -233,6 +233,7 @@ def setup(
     if spec.num_classes != len(splits.train.classes):
         log(f"model: num_classes set to {len(splits.train.classes)} from the data")
         spec = replace(spec, num_classes=len(splits.train.classes))
+    _check_progressive(config, spec)
     model = build(spec)
     init_seconds = init_model(model, spec, splits, config.runtime.seed) if initialise else 0.0
     model = model.to(device, memory_format=_memory_format(config))
@@ -254,6 +255,21 @@ def setup(
         whitened_stem(model, spec), WeightAverage(model, config) if config.averaging.swa else None,
         init_seconds, runtime, log,
     )  # fmt: skip
+
+
+def _check_progressive(config: TrainConfig, spec: ResNetSpec) -> None:
+    """Progressive resizing shrinks the images: the network must take the smallest ones."""
+    start = config.schedule.progressive_size
+    if not start:
+        return
+    if start >= spec.input_size:
+        raise UserError(
+            f"progressive_size {start} must be below the model's input size {spec.input_size}"
+        )
+    try:
+        replace(spec, input_size=start).plan  # noqa: B018 - laying out checks the map sizes
+    except UserError as error:
+        raise UserError(f"progressive_size {start} is too small for this model: {error}") from None
 
 
 def load_data(config: TrainConfig) -> DataSplits:
@@ -381,6 +397,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     from tqdm import tqdm
 
     s.model.train()
+    s.augment.image_size = image_size_at(s.config, epoch, s.spec.input_size)
     started = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=s.device)  # loss sum, correct
     seen = 0

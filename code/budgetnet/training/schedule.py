@@ -32,6 +32,10 @@ SWA (--swa with --swa-lr; any schedule above), A = swa_start_epoch x steps_per_e
     step >= A       lr = peak * swa_lr / lr                 held constant while weights average
 
 The expressions are evaluated in timm's and torch's order, so the values equal theirs exactly.
+
+Progressive resizing (--progressive-size S0, --progressive-until u), by epoch e of E, full size S
+    e < u * E       side = round(S0 + (S - S0) * e / (u * E))     small images, cheap steps
+    e >= u * E      side = S                                      the test images' size
 """
 
 from __future__ import annotations
@@ -153,3 +157,12 @@ def make_schedule(config: TrainConfig, optimizer, steps_per_epoch: int) -> Calla
         return groups[0]["lr"]
 
     return set_lr
+
+
+def image_size_at(config: TrainConfig, epoch: int, full: int) -> int:
+    """The side of epoch `epoch`'s training images (progressive resizing; `full` when off)."""
+    schedule = config.schedule
+    start, growing = schedule.progressive_size, schedule.progressive_until * schedule.epochs
+    if not start or epoch >= growing:
+        return full
+    return round(start + (full - start) * epoch / growing)
