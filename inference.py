@@ -85,7 +85,7 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.save_probs is not None:
         probs_path = Path(args.save_probs) if args.save_probs else out.with_suffix(".probs.npz")
     distinct_paths({"--pkl": args.pkl, "--out": out, "--save-probs": probs_path})
-    # Refused now, not after the models have run: a directory, a name longer than the file
+    # Refused before the models run: a directory, a name longer than the file
     # system allows, a path through a file or a link loop.
     check_output_file(out, "--out")
     if probs_path is not None:

@@ -1,7 +1,7 @@
-"""Time one training step of a fast-track network under the CPU settings the engine chooses
-between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch size, and the
-optimizer (Nesterov SGD, or Muon for the convolution filters, `--opt muon`); and, for
-comparison, the same step on airbench94's own network from its package.
+"""Time one training step of a fastres network (`--block fast`) under the CPU settings the
+engine chooses between: glibc heap reuse (`--mallopt`), torch.compile, channels_last, batch
+size, and the optimizer (Nesterov SGD, or Muon for the convolution filters, `--opt muon`);
+and, for comparison, the same step on airbench94's own network from its package.
 
     python benchmarks/cpu_step_speed.py --model fastres_s --rounds 3
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from budgetnet.data.normalization import Normalization  # noqa: E402
+from budgetnet.data.normalization import Normalization, Preprocessing  # noqa: E402
 from budgetnet.data.sources import load_split  # noqa: E402
 from budgetnet.evaluation.infer import infer  # noqa: E402
 from budgetnet.models.checkpoint import load_release  # noqa: E402
@@ -51,14 +51,16 @@ def matmul_peak(side: int = 2048, repeats: int = 5) -> float:
     return 2 * side**3 / best
 
 
-def model_and_images(args) -> tuple[torch.nn.Module, Normalization, np.ndarray, str]:
+def model_and_images(args) -> tuple[torch.nn.Module, Preprocessing, np.ndarray, str]:
     if args.checkpoint:
         release = load_release(args.checkpoint)
-        model, normalization, weights = release.model, release.normalization, str(release.path)
+        model, preprocessing, weights = release.model, release.preprocessing, str(release.path)
     else:
         torch.manual_seed(0)
         model = create_model(args.preset).eval()
         normalization = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "fixed")
+        # create_model leaves the weights in contiguous order: the inputs follow
+        preprocessing = Preprocessing(model.spec.input_size, False, normalization)
         weights = f"random {args.preset} weights"
     if args.data:
         images = load_split(args.data, "test").images[: args.images]
@@ -66,7 +68,7 @@ def model_and_images(args) -> tuple[torch.nn.Module, Normalization, np.ndarray, 
     else:
         images = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), np.uint8)
         source = f"{len(images)} random images"
-    return model, normalization, images, f"{weights}, {source}"
+    return model, preprocessing, images, f"{weights}, {source}"
 
 
 def main() -> None:
@@ -87,7 +89,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, normalization, images, what = model_and_images(args)
+    model, preprocessing, images, what = model_and_images(args)
     flops = count_flops(model.spec).flops
     peak_before = matmul_peak()
     variants = {}  # name -> (model, batch size, bf16?)
@@ -102,7 +104,7 @@ def main() -> None:
         inductor_config.freezing = True  # constant weights: fold BN, pre-pack for oneDNN
         compiled = torch.compile(model)
         start = time.perf_counter()
-        infer(compiled, images, normalization, batch_size=batch)
+        infer(compiled, images, preprocessing, batch_size=batch)
         print(f"torch.compile: first pass (compiling) {time.perf_counter() - start:.1f} s")
         variants[f"bf16 torch.compile, batch {batch}"] = (compiled, batch, True)
 
@@ -111,7 +113,7 @@ def main() -> None:
     def timed(name: str) -> float:
         net, size, bf16 = variants[name]
         start = time.perf_counter()
-        outputs[name] = infer(net, images, normalization, batch_size=size, amp=bf16)
+        outputs[name] = infer(net, images, preprocessing, batch_size=size, amp=bf16)
         return len(images) / (time.perf_counter() - start)
 
     for name in variants:  # warm up: oneDNN picks and caches its kernels on first use

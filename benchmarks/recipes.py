@@ -44,7 +44,7 @@ from budgetnet.evaluation.report import corruption_report  # noqa: E402
 from budgetnet.files import atomic_write  # noqa: E402
 from budgetnet.models.complexity import count_flops, count_params  # noqa: E402
 from budgetnet.models.spec import ResNetSpec  # noqa: E402
-from budgetnet.runs import read_config, read_json  # noqa: E402
+from budgetnet.runs import SETTINGS_KEY, read_config, read_json  # noqa: E402
 from budgetnet.runtime import cpu_count, cpu_model, precision_name  # noqa: E402
 from budgetnet.tables import markdown_table  # noqa: E402
 from cpu_vs_airbench import TTA, airbench_run, checked, run, write_airbench_data  # noqa: E402
@@ -77,7 +77,7 @@ def preset_row(preset: str, seed: int, args, test, runs: Path, log) -> dict:
     row = {
         "system": f"budgetnet {preset}",
         "seed": seed,
-        "epochs": record["config"]["epochs"],
+        "epochs": record[SETTINGS_KEY]["epochs"],
         "val_acc": results["val_acc"],
         "test_acc_tta0": results["test_acc_tta0"],
         f"test_acc_tta{TTA}": results[f"test_acc_tta{TTA}"],

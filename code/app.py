@@ -44,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--examples must be 0 or more, got {args.examples}")
 
     try:
-        from budgetnet.evaluation import demo
+        from budgetnet.evaluation import web_app
     except ModuleNotFoundError as exc:
         if exc.name != "gradio":
             raise
         raise UserError("the web demo needs gradio: pip install -e '.[app]'") from None
 
-    ensemble = load_ensemble(args.checkpoint, demo.CPU)
-    examples = demo.load_examples(args.data, args.examples, ensemble.classes)
+    ensemble = load_ensemble(args.checkpoint, web_app.CPU)
+    examples = web_app.load_examples(args.data, args.examples, ensemble.classes)
     if examples is None and args.examples:
         print("no test split at $BUDGETNET_DATA or ./data: no examples (name one with --data)")
-    page = demo.build_page(demo.Classifier(ensemble, args.tta), examples)
+    page = web_app.build_page(web_app.Classifier(ensemble, args.tta), examples)
     try:
         page.launch(server_name=args.host, server_port=args.port)
     except OSError as exc:  # the port is taken, or the address is not this machine's

@@ -2,6 +2,7 @@
 mAP, calibration, robustness to corruptions; a Markdown and a JSON report, and plots.
 
     python code/evaluate.py --checkpoint runs/r24 --split val
+    python code/evaluate.py --checkpoint runs/r24 --split test --tta-levels 0 1
     python code/evaluate.py --split test --corruptions --corruption-images 2000
 
 `--split val` rebuilds the validation split the run held out (data, size, seed and per-class
@@ -12,7 +13,7 @@ the source.
 from __future__ import annotations
 
 from budgetnet.cli import add_release_arguments, device_from_arg
-from budgetnet.errors import ArgumentParser, UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, add_old_spelling, run_cli
 from budgetnet.evaluation.corruptions import CORRUPTIONS, DEFAULT_SEVERITIES, check_corruptions
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS
@@ -29,15 +30,15 @@ def make_parser() -> ArgumentParser:
         default=None,
         help="any source budgetnet.data.sources reads (default: the training data)",
     )
+    levels = {"type": int, "nargs": "+", "choices": TTA_LEVELS, "metavar": "LEVEL"}
     parser.add_argument(
-        "--tta",
-        type=int,
-        nargs="+",
-        choices=TTA_LEVELS,
+        "--tta-levels",
         default=list(TTA_LEVELS),
         help="TTA levels to report; the highest gives the per-class table, "
         "plots and corruption sweep (default: all)",
+        **levels,
     )
+    add_old_spelling(parser, "--tta", "--tta-levels", **levels)
     parser.add_argument(
         "--report-dir", default="reports", help="where evaluation-<split>.md and .json go"
     )
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.corruption_images is not None and args.corruption_images < 1:
             raise UserError(f"--corruption-images must be positive, got {args.corruption_images}")
 
-    check_output_dir(args.report_dir, "--report-dir")  # now, not after the evaluation
+    check_output_dir(args.report_dir, "--report-dir")  # before the evaluation, not after it
     check_output_dir(args.plots_dir, "--plots-dir")
     device = device_from_arg(args.device)
     ensemble = load_ensemble(args.checkpoint, device, args.max_params)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         ensemble,
         images,
         split=args.split,
-        tta_levels=args.tta,
+        tta_levels=args.tta_levels,
         batch_size=args.batch_size,
         device=device,
         amp=not args.fp32,

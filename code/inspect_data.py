@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data, val_size=val_size, max_per_class=args.max_per_class, seed=args.seed
     )
     print(
-        f"loaded in {time.perf_counter() - start:.2f} s: {splits.notes['kind']} "
-        f"at {splits.notes['source']}"
+        f"loaded in {time.perf_counter() - start:.2f} s: {splits.provenance.kind} "
+        f"at {splits.provenance.source}"
     )
     print(f"classes ({len(splits.train.classes)}): {', '.join(splits.train.classes)}")
     for name in ("train", "val", "test"):

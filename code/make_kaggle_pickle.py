@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the row order and the ids")
     args = parser.parse_args(argv)
     distinct_paths({"--out": args.out, "--key": args.key})
-    check_output_file(args.out, "--out")  # now, not after the data has loaded
+    check_output_file(args.out, "--out")  # before the data loads, not after it
     check_output_file(args.key, "--key")
     labeled = load_split(args.data, args.split, max_per_class=args.max_per_class)
     images, ids, labels = kaggle_style(labeled, args.seed)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.corruption_images < 10:
         raise UserError(f"--corruption-images must be at least 10, got {args.corruption_images}")
     for flag, folder in (("--out", args.out), ("--plots-dir", args.plots_dir)):
-        check_output_dir(folder, flag)  # now, not after the evaluation
+        check_output_dir(folder, flag)  # before the evaluation, not after it
     check_output_file(args.results, "--results")
     rows = publish(
         args.run,

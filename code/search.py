@@ -1,9 +1,9 @@
 """Rank every ResNet of a grid that fits a parameter budget (analytic counts, no training).
 
     python code/search.py --max-params 5e6
-    python code/search.py --max-params 5e6 --config my_grid.yaml --kernels 3 --top 30
+    python code/search.py --max-params 5e6 --grid my_grid.yaml --kernels 3 --top 30
 
-Grid flags override the YAML file's keys (stages, blocks, widths, kernels, pools, block,
+Grid flags override the grid file's keys (stages, blocks, widths, kernels, pools, block,
 shortcut, num_classes, input_size); writes candidates.csv (all that fit) and candidates.md.
 
 With `--train-top K --epochs E`, the first K candidates are then trained for E epochs each
@@ -26,7 +26,7 @@ import signal
 from pathlib import Path
 
 from budgetnet.data.sources import load_splits
-from budgetnet.errors import ArgumentParser, UserError, run_cli
+from budgetnet.errors import ArgumentParser, UserError, add_old_spelling, run_cli
 from budgetnet.files import check_output_dir
 from budgetnet.models.search import (
     COLUMNS,
@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"default grid ({len(default):,} candidates): {default}",
     )
     parser.add_argument("--max-params", type=float, default=5e6, help="parameter budget")
-    parser.add_argument("--config", help="YAML file of grid keys")
-    grid_args = parser.add_argument_group("grid (each flag overrides the YAML file's key)")
+    parser.add_argument("--grid", metavar="FILE", help="YAML file of grid keys")
+    add_old_spelling(parser, "--config", "--grid")
+    grid_args = parser.add_argument_group("grid (each flag overrides the grid file's key)")
     grid_args.add_argument("--stages", type=int, help="number of stages")
     grid_args.add_argument("--blocks", type=int, nargs="+", help="unit counts tried in every stage")
     grid_args.add_argument(
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--prune-after must be >= 0, got {args.prune_after}")
         return run_study(args, int(args.max_params))
     config = training_config(args) if args.train_top else None  # before anything is written
-    keys = load_grid(args.config) if args.config else {}
+    keys = load_grid(args.grid) if args.grid else {}
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Grid)}
     grid = Grid.from_dict({**keys, **{k: v for k, v in flags.items() if v is not None}})
     max_params = int(args.max_params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 
 from budgetnet.data.kaggle import read_unlabeled_pickle
 from budgetnet.submission.csv_file import read_submission, write_submission
@@ -137,3 +138,18 @@ def test_flag_refusals_come_before_any_work(tmp_path, run_main):
     assert_one_line_error(run_main(*lr_find, "--start-lr", "0"), "0 < start lr < end lr")
     assert_one_line_error(run_main(*lr_find, "--start-lr", "1", "--end-lr", "0.1"), "end lr")
     assert not (tmp_path / "l.png").exists()
+
+
+def test_evaluate_takes_its_tta_levels_under_the_old_spelling_with_a_one_line_note(capsys):
+    # --tta is one level in every script; evaluate.py, which reports several, names its flag
+    # --tta-levels and keeps the spelling scripts may still type.
+    import evaluate
+
+    parse = evaluate.make_parser().parse_args
+    assert parse([]).tta_levels == [0, 1, 2] and parse(["--tta-levels", "1"]).tta_levels == [1]
+    assert capsys.readouterr().err == ""
+    assert parse(["--tta", "0", "2"]).tta_levels == [0, 2]
+    assert capsys.readouterr().err.splitlines() == ["note: --tta is now spelled --tta-levels"]
+    with pytest.raises(SystemExit):
+        parse(["--tta", "3"])  # the old spelling takes the same values
+    assert "invalid choice: 3" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from budgetnet.training.lr_range import lr_range_test
 from cifar_files import CIFAR10_CLASSES, random_images
 from conftest import REPO
 from refusals import fuzz_settings, mutated, refused
-from tiny import NORM, TINY_SPEC, TRAIN_FLAGS, edited_release, tiny_config
+from tiny import PREPROCESSING, TINY_SPEC, TRAIN_FLAGS, edited_release, tiny_config
 
 FUZZ = fuzz_settings()
 
@@ -183,7 +183,7 @@ def test_nan_weights_are_refused(tmp_path):
     model = build(TINY_SPEC)
     with torch.no_grad():
         model.head.fc.weight[0, 0] = float("nan")
-    folder = save_release(tmp_path / "nan", model, CIFAR10_CLASSES, NORM, {}, {})
+    folder = save_release(tmp_path / "nan", model, CIFAR10_CLASSES, PREPROCESSING, {}, {})
     refused(lambda: load_release(folder), "non-finite weights")
 
 

@@ -122,7 +122,7 @@ def test_fifo_last_pt_on_resume_is_refused_not_waited_on(cifar, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     runs.write_config(
-        run, {"config": tiny_config(cifar, tmp_path).flat(), "model": TINY_SPEC.to_dict()}
+        run, {"settings": tiny_config(cifar, tmp_path).flat(), "model": TINY_SPEC.to_dict()}
     )
     os.mkfifo(run / "last.pt")
     before = tree(tmp_path)
@@ -309,17 +309,19 @@ def test_other_formats_named_png_are_refused_by_the_demo(tmp_path, release, kind
     path = tmp_path / "upload.png"
     path.write_bytes(_saved_as(kind))
     refused(lambda: decode_images([str(path)], UPLOAD_FORMATS), "cannot decode image")
-    demo = pytest.importorskip("budgetnet.evaluation.demo", reason="gradio is not installed")
+    web_app = pytest.importorskip("budgetnet.evaluation.web_app", reason="gradio is not installed")
     from budgetnet.evaluation.ensemble import load_ensemble
 
-    classify = demo.Classifier(load_ensemble([release], demo.CPU), tta=1)
-    with pytest.raises(demo.gr.Error) as info:
+    classify = web_app.Classifier(load_ensemble([release], web_app.CPU), tta=1)
+    with pytest.raises(web_app.gr.Error) as info:
         classify(str(path))
     assert "cannot decode image" in str(info.value.message) and "\n" not in info.value.message
     # gradio's own preprocessing does not open the upload with PIL's every plugin first
     from gradio.data_classes import ImageData
 
-    component = demo.unopened_uploads(demo.gr.Image(type="filepath", image_mode=None, format="png"))
+    component = web_app.unopened_uploads(
+        web_app.gr.Image(type="filepath", image_mode=None, format="png")
+    )
     assert component.preprocess(ImageData(path=str(path), orig_name="upload.png")) == str(path)
 
 

@@ -35,7 +35,7 @@ from budgetnet.submission.csv_file import check_submission, read_submission
 from cifar_files import CIFAR10_CLASSES, random_images, write_archive, write_cifar10
 from conftest import REPO
 from refusals import refused
-from tiny import NORM, TINY_SPEC
+from tiny import PREPROCESSING, TINY_SPEC
 
 CPU = torch.device("cpu")
 
@@ -430,7 +430,7 @@ def _overflowing_release(folder):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.fill_(60_000.0)
-    return save_release(folder, model, CIFAR10_CLASSES, NORM, {}, {}, half=True)
+    return save_release(folder, model, CIFAR10_CLASSES, PREPROCESSING, {}, {}, half=True)
 
 
 @pytest.fixture(scope="module")
@@ -446,7 +446,8 @@ def test_evaluate_refuses_nan_probabilities_and_writes_nothing(
 ):
     out = tmp_path / "out"
     result = run_main(
-        "code/evaluate.py", "--checkpoint", str(overflowing), "--data", str(cifar), "--tta", "0",
+        "code/evaluate.py", "--checkpoint", str(overflowing), "--data", str(cifar),
+        "--tta-levels", "0",
         "--report-dir", str(out / "reports"), "--plots-dir", str(out / "plots"),
     )  # fmt: skip
     assert_one_line_refusal(result, "non-finite probabilities for 50 of 50 images")

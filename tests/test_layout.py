@@ -88,3 +88,29 @@ def test_scripts_import_the_library_not_each_other():
             if isinstance(node, ast.ImportFrom) and node.module
         }
         assert not names & scripts, f"{path.name} imports {names & scripts}"
+
+
+def test_no_module_imports_itself_back():
+    """No import circle, inside a layer too (a function-level import hides one from Python,
+    not from the reader): every module's imports, followed, never lead back to it."""
+    graph = {}
+    for path in MODULES:
+        name = module_name(path)
+        graph[name] = {m for m in imported_modules(ast.parse(path.read_text())) if m in _NAMES}
+        graph[name] -= {name} | _packages_of(name)  # a package's own __init__ is not a circle
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            assert module != start, f"{start} imports itself back through {sorted(seen)}"
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+
+
+_NAMES = {module_name(path) for path in MODULES}
+
+
+def _packages_of(name: str) -> set[str]:
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}

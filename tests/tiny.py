@@ -4,10 +4,11 @@ imports what it needs: `from tiny import ...`, as from `cifar_files`)."""
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
-from budgetnet.data.normalization import Normalization
+from budgetnet.data.normalization import Normalization, Preprocessing
 from budgetnet.models.builder import build
 from budgetnet.models.checkpoint import META_FILE, WEIGHTS_FILE, save_release
 from budgetnet.models.spec import ResNetSpec
@@ -15,10 +16,12 @@ from budgetnet.training.config import TrainConfig
 
 from cifar_files import CIFAR10_CLASSES
 
-# Two stages of one block: 8 channels at least, because oneDNN's AVX2 1x1 strided convolution
-# backward crashes on fewer input channels.
+# Two stages of one residual unit: 8 channels at least, because oneDNN's AVX2 1x1 strided
+# convolution backward crashes on fewer input channels.
 TINY_SPEC = ResNetSpec((1, 1), (8, 16))
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+# What a release of a 32 px network saves and inference feeds it: channels_last, NORM.
+PREPROCESSING = Preprocessing(32, True, NORM)
 # code/train.py flags for a run of seconds on the 200-image CIFAR fixture, on the CPU.
 TRAIN_FLAGS = [
     "--blocks",
@@ -56,6 +59,20 @@ def tiny_config(cifar, tmp_path, **overrides) -> TrainConfig:
     return TrainConfig().with_values(**{**settings, **overrides})
 
 
+def tiny_release_run(cifar, tmp_path, **flags) -> dict:
+    """Two epochs on the tiny data set with `flags` (no TTA), checked to test in [0, 1] and to
+    record every flag in the release; the release's model.json."""
+    from budgetnet.training import engine
+
+    config = tiny_config(cifar, tmp_path, epochs=2, warmup_epochs=0.5, tta=0, **flags)
+    results = engine.fit(config, TINY_SPEC, log=lambda line: None)
+    assert 0 <= results["test_acc_tta0"] <= 1 and math.isfinite(results["val_acc"])
+    meta = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
+    saved = meta["provenance"]["config"]
+    assert all(saved[key] == value for key, value in flags.items())
+    return meta
+
+
 def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, provenance=None):
     """A release of a randomly initialised network, with BatchNorm statistics that differ from
     the identity's."""
@@ -66,7 +83,8 @@ def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, p
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
-    return save_release(folder, model, classes, NORM, {}, provenance or {})
+    preprocessing = Preprocessing(spec.input_size, True, NORM)
+    return save_release(folder, model, classes, preprocessing, {}, provenance or {})
 
 
 def edited_release(release, folder, edit):

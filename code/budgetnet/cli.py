@@ -175,7 +175,7 @@ def resolve_training(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]
 
 
 def check_training_outputs(config: TrainConfig) -> None:
-    """--run-dir and --plots-dir refused now, before the data loads, when they cannot be
+    """--run-dir and --plots-dir refused before the data loads when they cannot be
     folders (an existing file, a name longer than the file system allows, a link loop)."""
     outputs = config.outputs
     for flag, path in (("--run-dir", outputs.run_dir), ("--plots-dir", outputs.plots_dir)):
@@ -197,7 +197,7 @@ def resume_settings(args: argparse.Namespace) -> tuple[TrainConfig, ResNetSpec]:
         )
     saved = runs.read_config(args.resume)
     # flat keys of any version of config.yaml: a setting it lacks takes its default
-    config = TrainConfig.from_flat(saved["config"], f"{args.resume}/config.yaml")
+    config = TrainConfig.from_flat(saved[runs.SETTINGS_KEY], f"{args.resume}/config.yaml")
     config = merge(config, {key: getattr(args, key) for key in typed}, "flags")
     return config, ResNetSpec.from_dict(saved["model"])
 

@@ -46,6 +46,32 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _OldSpelling(argparse.Action):
+    """A flag's earlier name: sets the new flag's value and says, on stderr, what it is called."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"note: {option_string} is now spelled {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+    """Accept `old` as `new` (same values, `kwargs` as `new` takes them) for scripts that
+    still type it, with a one-line note; hidden from --help. Call after adding `new`."""
+    parser.add_argument(
+        old,
+        dest=new.lstrip("-").replace("-", "_"),
+        action=_OldSpelling,
+        new=new,
+        default=argparse.SUPPRESS,  # the new flag's default stands
+        help=argparse.SUPPRESS,
+        **kwargs,
+    )
+
+
 def reject_unknown(given: Any, known: Any, what: str, where: str = "") -> None:
     """One error for keys that nothing reads, so a typo never silently falls back to a
     default: `what` names them ("setting"), `where` says whose they are (a file's name)."""

@@ -1,14 +1,16 @@
-"""A run directory: what was run (resolved config, seed, git revision, command line), how it
+"""A run directory: what was run (resolved settings, seed, git revision, command line), how it
 went (history.csv), and where its checkpoints are. Everything a result needs to be rebuilt.
 
-    runs/<name>/config.yaml   resolved training config, model spec, provenance
+    runs/<name>/config.yaml   the run record: `settings` (the resolved training settings by
+                              their flat names), `model` (the spec), `data`, `normalization`,
+                              `provenance`
     runs/<name>/history.csv   one row per epoch
     runs/<name>/last.pt       resume state, rewritten atomically every epoch
     runs/<name>/best/         the best model by validation accuracy, as a release
     runs/<name>/results.json  final metrics (validation, and test reported separately)
     runs/<name>/*.png         loss, accuracy and learning-rate curves, the test confusion matrix,
                               a grid of augmented training images
-    runs/<name>/training_log.md   the Markdown log (config, per-epoch table, best and final)
+    runs/<name>/training_log.md   the Markdown log (settings, per-epoch table, best and final)
     (with --tensorboard / --mlflow: event files, mlflow_run_id.txt)
 """
 
@@ -41,6 +43,10 @@ HISTORY_COLUMNS = (
     "images_per_s",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# config.yaml's key for the training settings (`TrainConfig.flat()`), and the key that run
+# directories written before it was named hold them under (read the same).
+SETTINGS_KEY = "settings"
+OLD_SETTINGS_KEY = "config"
 # A row per epoch is under 200 bytes: far more epochs than any schedule runs.
 MAX_HISTORY_BYTES = 64 << 20
 
@@ -96,22 +102,29 @@ def _present(path: Path) -> bool:
     return True
 
 
-def write_config(run_dir: Path, config: dict) -> None:
+def write_config(run_dir: Path, record: dict) -> None:
+    """config.yaml: the run record (`engine.run_record`), its keys in their order."""
     with atomic_write(run_dir / "config.yaml") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
+        yaml.safe_dump(record, handle, sort_keys=False)
 
 
 def read_config(run_dir: Path) -> dict:
-    """A run's config.yaml, checked to hold the `config` and `model` mappings it must."""
+    """A run's config.yaml, checked to hold the `settings` and `model` mappings it must.
+
+    The one reader of run records: a record that holds its settings under OLD_SETTINGS_KEY
+    reads as one under `settings`, so every run directory resumes and publishes."""
     path = Path(run_dir) / "config.yaml"
     if not _present(path):
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = read_yaml(path, "config.yaml")
     if not isinstance(saved, dict):
         raise UserError(f"{path}: holds {brief(saved)}, expected the run's settings")
-    missing = [k for k in ("config", "model") if not isinstance(saved.get(k), dict)]
+    if SETTINGS_KEY not in saved and OLD_SETTINGS_KEY in saved:
+        saved = {SETTINGS_KEY if k == OLD_SETTINGS_KEY else k: v for k, v in saved.items()}
+    missing = [k for k in (SETTINGS_KEY, "model") if not isinstance(saved.get(k), dict)]
     if missing:
-        raise UserError(f"{path}: has no {' or '.join(missing)} settings (not a finished setup?)")
+        named = " or ".join({SETTINGS_KEY: "training", "model": "model"}[k] for k in missing)
+        raise UserError(f"{path}: has no {named} settings (not a finished setup?)")
     return saved
 
 

@@ -77,8 +77,8 @@ def cpu_count() -> int:
 def tune_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds so that the large activation buffers freed after
     each step are reused from the heap instead of being unmapped and mapped (and zero-filled by
-    the kernel) again. Measured on 2 EPYC cores: a training step of a batch of 1024 went from
-    8.4 s to 5.6 s. Returns False (and changes nothing) where the C library is not glibc."""
+    the kernel) again. Measured on 2 EPYC cores: a training step of a batch of 1024 takes 5.6 s
+    with them raised, 8.4 s without. Returns False (and changes nothing) where the C library is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -15,8 +15,11 @@ import yaml
 from PIL import Image
 
 from budgetnet.data import sources as data
+from budgetnet.data.normalization import imagenet_normalization
 from budgetnet.data.sources import (
+    DataProvenance,
     Normalization,
+    Source,
     cap_per_class,
     load_split,
     load_splits,
@@ -314,7 +317,7 @@ def test_a_small_subset_trains_with_the_default_validation_split(cifar, tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     assert "180 train / 20 val images" in result.stdout
     recorded = yaml.safe_load((run / "config.yaml").read_text())
-    assert recorded["config"]["val_size"] == recorded["data"]["val_size"] == 20
+    assert recorded["settings"]["val_size"] == recorded["data"]["val_size"] == 20
 
 
 def test_split_rounds_uneven_shares_to_the_exact_count():
@@ -346,6 +349,15 @@ def test_load_splits_holds_out_validation_from_train(tmp_path):
     expected = Normalization.from_images(splits.train.images, "").mean
     assert splits.normalization.mean == expected  # statistics of train only
     assert "held out" in splits.train.source and "validation" in splits.val.source
+    assert splits.provenance == DataProvenance(
+        source=str(tmp_path), kind="cifar10", val_size=50, max_per_class=None, seed=1,
+        train_splits="train",
+    )  # fmt: skip
+    # config.yaml's `data` and a release's provenance["data"], in this order
+    assert list(splits.provenance.to_dict().items()) == [
+        ("source", str(tmp_path)), ("kind", "cifar10"), ("val_size", 50),
+        ("max_per_class", None), ("seed", 1), ("train_splits", "train"),
+    ]  # fmt: skip
 
     capped = load_splits(tmp_path, val_size=0, max_per_class=5)
     assert splits.test.classes == capped.train.classes
@@ -375,3 +387,32 @@ def test_named_dataset_skips_an_image_folder_of_another_size(tmp_path, monkeypat
     assert resolve_source("cifar10").path == tmp_path / "ten"
     with pytest.raises(UserError, match="no cifar100 data found"):
         resolve_source("cifar100", download=False)
+
+
+def test_load_splits_reads_every_split_from_the_source_it_was_given(tmp_path):
+    """The source is located once: every split comes from that `Source`, even where looking
+    its path up again would find another data set (here the CIFAR batches beside the image
+    folders, which `locate` prefers)."""
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    write_image_folder(tmp_path, {"a": 6, "b": 6})
+    write_image_folder(tmp_path, {"a": 2, "b": 2}, split="test")
+    assert locate(tmp_path).kind == "cifar10"
+    splits = load_splits(Source("image-folder", tmp_path), val_size=4, cache_dir=None)
+    assert splits.train.classes == ["a", "b"] and len(splits.train) == 8
+    assert len(splits.test) == 4 and "image folder" in splits.test.source
+    assert (splits.provenance.kind, splits.provenance.source) == ("image-folder", str(tmp_path))
+
+
+def test_the_normalisation_is_chosen_by_load_splits_and_can_be_chosen_again(tmp_path):
+    write_cifar10(tmp_path, per_batch=40, test_count=30)
+    own = load_splits(tmp_path, val_size=50, seed=1)
+    imagenet = load_splits(tmp_path, val_size=50, seed=1, normalize="imagenet")
+    assert imagenet.normalization == imagenet_normalization()
+    assert imagenet.normalization.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert (own.normalize, imagenet.normalize) == ("data", "imagenet")
+    assert imagenet.provenance == own.provenance  # the choice is the config's, not the data's
+    assert own.normalized("data") is own
+    assert imagenet.normalized("data").normalization == own.normalization
+    assert own.normalized("imagenet").normalization == imagenet.normalization
+    with pytest.raises(UserError, match="normalize 'cifar'"):
+        load_splits(tmp_path, val_size=50, normalize="cifar")

@@ -33,7 +33,7 @@ from budgetnet.models.spec import ResNetSpec
 
 from cifar_files import CIFAR10_CLASSES, write_cifar10
 from conftest import REPO
-from tiny import NORM, TINY_SPEC, save_random_release
+from tiny import PREPROCESSING, TINY_SPEC, save_random_release
 
 COMMITTED_REPORTS = sorted((REPO / "docs" / "results").rglob("evaluation-*.json"))
 FAVOURITE = 3  # the class the constant model always predicts
@@ -52,7 +52,7 @@ def save_constant_release(folder, provenance=None, classes=CIFAR10_CLASSES):
                 module.weight.zero_()
         model.head.fc.bias.zero_()
         model.head.fc.bias[FAVOURITE] = 2.0
-    return save_release(folder, model, classes, NORM, {}, provenance or {})
+    return save_release(folder, model, classes, PREPROCESSING, {}, provenance or {})
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,9 @@ def test_evaluate_reports_the_metrics_of_infer(cifar, tmp_path):
     result = evaluate_ensemble(
         ensemble, images, split="test", tta_levels=[0, 2], batch_size=7, device=torch.device("cpu")
     )
-    report = result.report
+    report, release = result.report, ensemble.releases[0]
     for row in report.tta:
-        probs = infer(ensemble.releases[0].model, images.images, NORM, tta=row.level).numpy()
+        probs = infer(release.model, images.images, release.preprocessing, tta=row.level).numpy()
         assert row.acc == pytest.approx((probs.argmax(1) == images.labels).mean())
         assert row.ece == pytest.approx(reliability(probs, images.labels).ece)
     assert report.main_tta == 2 and report.main is report.tta[-1] and report.tta[1].views == 6
@@ -168,7 +168,7 @@ def test_evaluate_command_reports_and_plots_the_known_scores_of_a_constant_model
     release = save_constant_release(tmp_path / "constant")
     outputs = ["--report-dir", tmp_path / "reports", "--plots-dir", tmp_path / "plots"]
     sweep = ["--corruptions", "gaussian_noise", "fog", "--severities", 1, 5]
-    args = ["--checkpoint", release, "--data", cifar, "--tta", 0, 1, *outputs, *sweep]
+    args = ["--checkpoint", release, "--data", cifar, "--tta-levels", 0, 1, *outputs, *sweep]
     result = run_script("code/evaluate.py", *map(str, args))  # the real command line, end to end
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "reports" / "evaluation-test.json").read_text())
@@ -199,7 +199,7 @@ def test_evaluate_command_reports_and_plots_the_known_scores_of_a_constant_model
 
 
 def test_val_split_is_the_one_training_held_out(cifar, tmp_path):
-    notes = load_splits(cifar, val_size=20, seed=4, cache_dir=False).notes
+    notes = load_splits(cifar, val_size=20, seed=4, cache_dir=False).provenance.to_dict()
     release = save_constant_release(tmp_path / "r", provenance={"data": notes})
     ensemble = load_ensemble([release], torch.device("cpu"))
     images = labeled_split(ensemble, "val")
@@ -228,7 +228,9 @@ def test_mismatched_classes_and_validation_splits_are_refused(cifar, tmp_path):
 
 def test_val_split_is_rebuilt_identically_without_loading_the_rest(cifar, tmp_path, monkeypatch):
     splits = load_splits(cifar, val_size=30, max_per_class=8, seed=7, cache_dir=False)
-    release = save_constant_release(tmp_path / "r", provenance={"data": splits.notes})
+    release = save_constant_release(
+        tmp_path / "r", provenance={"data": splits.provenance.to_dict()}
+    )
     read, original = [], ensemble_module.load_split
 
     def load_split(source, split, **options):

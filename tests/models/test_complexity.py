@@ -130,9 +130,9 @@ def test_every_block_type_and_stem_builds_exactly_its_planned_layers(block, stem
     )  # fmt: skip
     model = build(spec).eval()
     planned = {
-        f"{block_name}.{path}": layer
-        for block_name, planned_block in spec.plan.named_blocks()
-        for path, layer in planned_block.named_layers()
+        f"{part_name}.{path}": layer
+        for part_name, part in spec.plan.named_parts()
+        for path, layer in part.named_layers()
     }
     leaves = {
         name: module

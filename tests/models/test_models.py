@@ -204,3 +204,14 @@ def test_update_release_metrics_replaces_only_the_metrics(tmp_path):
     assert list(after) == list(before)  # the keys keep their order
     assert load_release(folder).meta["metrics"] == {"test_acc_tta0": 0.5}
     assert not list(folder.glob("*.tmp"))
+
+
+def test_airbench_fields_are_checked_and_fast_stages_all_downsample():
+    with pytest.raises(UserError, match="24 channels"):
+        ResNetSpec((1,), (8,), stem="whiten", stem_channels=16)
+    with pytest.raises(UserError, match="logit_scale"):
+        ResNetSpec((1,), (8,), logit_scale=0)
+    with pytest.raises(UserError, match="bn_momentum"):
+        ResNetSpec((1,), (8,), bn_momentum=1.5)
+    spec = ResNetSpec((1, 1), (8, 16), block="fast", stem="whiten", pool_type="max")
+    assert spec.stage_strides == (2, 2) and spec.plan.stages[-1][-1].out_size == 7

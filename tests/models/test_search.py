@@ -123,27 +123,43 @@ def run_search(capsys, *argv: str) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_search_cli_flags_override_the_yaml(tmp_path, capsys):
-    config = tmp_path / "grid.yaml"
-    config.write_text("stages: 2\nblocks: [1, 2]\nwidths: [8, 16]\nkernels: [3]\npools: [4, 16]\n")
+def test_search_cli_flags_override_the_grid_file(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("stages: 2\nblocks: [1, 2]\nwidths: [8, 16]\nkernels: [3]\npools: [4, 16]\n")
     out = tmp_path / "res"
-    code, stdout, _ = run_search(
-        capsys, "--config", str(config), "--pools", "16", "--max-params", "1e5", "--out", str(out)
+    code, stdout, err = run_search(
+        capsys, "--grid", str(grid), "--pools", "16", "--max-params", "1e5", "--out", str(out)
     )
-    assert code == 0
+    assert code == 0 and err == ""
     assert "of 8 grid candidates fit" in stdout  # 2^2 blocks x 2 widths x 1 kernel x 1 pool
     assert (out / "candidates.csv").exists() and (out / "candidates.md").exists()
 
-    config.write_text("stages: 2\nkernel: [3]\n")
+    grid.write_text("stages: 2\nkernel: [3]\n")
     for argv, fragment in [
-        (["--config", str(config)], "unknown grid keys ['kernel']"),
+        (["--grid", str(grid)], "unknown grid keys ['kernel']"),
         (["--kernels", "4"], "kernel must be odd"),
         (["--max-params", "0"], "--max-params must be a whole number"),
-        (["--config", str(tmp_path / "none.yaml")], "cannot read grid"),
+        (["--grid", str(tmp_path / "none.yaml")], "cannot read grid"),
     ]:
         code, stdout, err = run_search(capsys, *argv, "--out", str(out))
         assert code == 2 and stdout == ""
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err
+
+
+def test_search_takes_the_grid_file_under_its_old_flag_with_a_note(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("stages: 2\nblocks: [1]\nwidths: [8]\nkernels: [3]\npools: [0]\n")
+    code, stdout, err = run_search(capsys, "--config", str(grid), "--out", str(tmp_path / "res"))
+    assert code == 0 and "of 1 grid candidates fit" in stdout
+    assert err.splitlines() == ["note: --config is now spelled --grid"]
+    shown = search_cli_help(capsys)
+    assert "--grid FILE" in shown and "--config" not in shown  # the old spelling is not offered
+
+
+def search_cli_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        search_cli.main(["--help"])
+    return capsys.readouterr().out
 
 
 def test_search_prints_the_ranking_and_writes_csv_and_markdown(tmp_path, run_main):

@@ -72,7 +72,7 @@ def test_train_splits_are_train_first_then_other_splits_once():
 def test_training_on_train_plus_test_joins_the_test_split_and_keeps_validation(cifar):
     plain = load_splits(cifar, val_size=40, seed=0)
     joined = load_splits(cifar, val_size=40, seed=0, train_splits="train+test")
-    assert joined.test is None and joined.notes["train_splits"] == "train+test"
+    assert joined.test is None and joined.provenance.train_splits == "train+test"
     assert len(joined.train) == len(plain.train) + len(plain.test)
     assert np.array_equal(joined.train.images[: len(plain.train)], plain.train.images)
     assert np.array_equal(joined.train.labels[len(plain.train) :], plain.test.labels)

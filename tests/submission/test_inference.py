@@ -3,6 +3,7 @@ upload through a fake `kaggle` tool."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -12,11 +13,13 @@ import pytest
 import torch
 
 from budgetnet.data.kaggle import kaggle_style, write_unlabeled_pickle
+from budgetnet.data.normalization import Normalization, Preprocessing
 from budgetnet.data.sources import load_split
 from budgetnet.errors import UserError
 from budgetnet.evaluation.ensemble import labeled_split, load_ensemble
 from budgetnet.evaluation.infer import TTA_LEVELS, infer, tta_views
-from budgetnet.models.checkpoint import load_release
+from budgetnet.models.builder import build
+from budgetnet.models.checkpoint import load_release, save_release
 from budgetnet.models.spec import ResNetSpec
 from budgetnet.submission.csv_file import (
     check_submission,
@@ -27,7 +30,8 @@ from budgetnet.submission.csv_file import (
 from budgetnet.submission.upload import submit
 
 from cifar_files import CIFAR10_CLASSES, random_images, write_cifar10
-from tiny import NORM, TRAIN_FLAGS, edited_release, save_random_release
+from conftest import REPO
+from tiny import NORM, PREPROCESSING, TRAIN_FLAGS, edited_release, save_random_release
 
 WIDER = ResNetSpec((1, 1), (16, 32))
 
@@ -65,14 +69,74 @@ def test_every_tta_level_averages_its_views_into_probabilities(tmp_path):
         views = tta_views(x, level)
         assert len(views) == expected_views[level]
         assert all(v.shape == x.shape for v in views)
-        probs = infer(model, images, NORM, tta=level, batch_size=2)
+        probs = infer(model, images, PREPROCESSING, tta=level, batch_size=2)
         assert probs.shape == (5, 10) and probs.dtype == torch.float32
         torch.testing.assert_close(probs.sum(1), torch.ones(5))
     # An image equal to its mirror image: the flip adds nothing.
     symmetric = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
     torch.testing.assert_close(
-        infer(model, symmetric, NORM, tta=1, amp=False),
-        infer(model, symmetric, NORM, tta=0, amp=False),
+        infer(model, symmetric, PREPROCESSING, tta=1, amp=False),
+        infer(model, symmetric, PREPROCESSING, tta=0, amp=False),
+    )
+
+
+def _first_conv_inputs(model, images, preprocessing) -> list[torch.Tensor]:
+    """What `infer` feeds the first convolution of `model`."""
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    fed = []
+    hook = conv.register_forward_pre_hook(lambda module, args: fed.append(args[0]))
+    try:
+        infer(model, images, preprocessing, amp=False)
+    finally:
+        hook.remove()
+    return fed
+
+
+def test_a_release_stores_its_preprocessing_and_a_contiguous_one_infers_in_contiguous_order(
+    tmp_path,
+):
+    torch.manual_seed(0)
+    model = build(WIDER)
+    stored = Preprocessing(32, False, NORM)
+    folder = save_release(tmp_path / "r", model, CIFAR10_CLASSES, stored, {}, {})
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["preprocessing"] == {"size": 32, "channels_last": False}
+    assert meta["normalization"] == NORM.to_dict()
+    release = load_release(folder)
+    assert release.preprocessing == stored and release.normalization == NORM
+    assert not release.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = random_images(3, seed=1)
+    (fed,) = _first_conv_inputs(release.model, images, release.preprocessing)
+    assert fed.is_contiguous() and not fed.is_contiguous(memory_format=torch.channels_last)
+    # The same weights stored channels_last: inputs in that order, the same probabilities.
+    folder = save_release(tmp_path / "cl", model, CIFAR10_CLASSES, PREPROCESSING, {}, {})
+    channels_last = load_release(folder)
+    (fed,) = _first_conv_inputs(channels_last.model, images, channels_last.preprocessing)
+    assert fed.is_contiguous(memory_format=torch.channels_last) and not fed.is_contiguous()
+    torch.testing.assert_close(
+        infer(release.model, images, release.preprocessing, amp=False),
+        infer(channels_last.model, images, channels_last.preprocessing, amp=False),
+    )
+
+
+def test_a_release_without_stored_preprocessing_loads_with_what_inference_always_fed_it(
+    tmp_path,
+):
+    """Releases written before the preprocessing was stored: the spec's input size,
+    channels_last and their own normalisation; the shipped trained_model/ is one of them."""
+    bigger = ResNetSpec((1, 1), (8, 16), input_size=40)
+    folder = save_random_release(tmp_path / "new", seed=1, spec=bigger)
+    old = edited_release(folder, tmp_path / "old", lambda meta: meta.pop("preprocessing"))
+    release = load_release(old)
+    assert release.preprocessing == Preprocessing(40, True, NORM)
+    assert release.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    (fed,) = _first_conv_inputs(release.model, random_images(2, seed=3), release.preprocessing)
+    assert fed.shape == (2, 3, 40, 40) and fed.is_contiguous(memory_format=torch.channels_last)
+
+    shipped = json.loads((REPO / "trained_model" / "model.json").read_text())
+    assert "preprocessing" not in shipped
+    assert load_release(REPO / "trained_model").preprocessing == Preprocessing(
+        shipped["spec"]["input_size"], True, Normalization.from_dict(shipped["normalization"])
     )
 
 
@@ -81,8 +145,8 @@ def test_bf16_agrees_with_fp32(tmp_path):
     with torch.no_grad():  # spread the logits, as a trained classifier's are
         release.model.head.fc.weight.mul_(20)
     images = random_images(200, seed=4)
-    fp32 = infer(release.model, images, NORM, amp=False)
-    bf16 = infer(release.model, images, NORM, amp=True)
+    fp32 = infer(release.model, images, release.preprocessing, amp=False)
+    bf16 = infer(release.model, images, release.preprocessing, amp=True)
     assert (fp32 - bf16).abs().max() < 0.05
     top2 = fp32.topk(2, dim=1).values
     clear = (top2[:, 0] - top2[:, 1]) > 0.05  # bf16 may only flip near-ties
@@ -118,7 +182,7 @@ def test_trained_run_labels_a_kaggle_pickle_from_the_command_line_as_infer_does(
     check_submission(out, ids, num_classes=10)
     accuracy, correct, total = score_submission(out, key)
     release = load_release(run)
-    probs = infer(release.model, images, release.normalization, tta=2)
+    probs = infer(release.model, images, release.preprocessing, tta=2)
     assert total == 50 and correct == (probs.argmax(1).numpy() == labels).sum()
     assert accuracy == correct / total and "predicted per class: airplane" in result.stdout
     # The run's own record rebuilds the validation split it held out (--val-size 40).
@@ -167,6 +231,14 @@ def _class_count(tmp_path, releases):
     ]
 
 
+def _preprocessing(edit):
+    def make(tmp_path, releases):
+        folder = save_random_release(tmp_path / "prep", seed=1, spec=WIDER)
+        return [edited_release(folder, tmp_path / "prep2", lambda m: edit(m["preprocessing"]))]
+
+    return make
+
+
 def _other_classes(tmp_path, releases):
     names = [f"class{i}" for i in range(10)]
     return [releases[0], save_random_release(tmp_path / "other", 1, names, spec=WIDER)]
@@ -179,6 +251,15 @@ REFUSALS = {
     "wrong spec": (_wrong_spec, "weights do not fit the spec"),
     "class count": (_class_count, "9 class names for a 10-class model"),
     "mismatched classes": (_other_classes, "must label the same classes"),
+    "preprocessing order": (
+        _preprocessing(lambda p: p.update(channels_last="yes")),
+        "channels_last must be true or false",
+    ),
+    "preprocessing size": (
+        _preprocessing(lambda p: p.update(size=10**9)),
+        "preprocessing size 1000000000 is outside 1..1024",
+    ),
+    "preprocessing fields": (_preprocessing(lambda p: p.pop("size")), "needs size and"),
 }
 
 

@@ -43,7 +43,7 @@ def test_fast_preset_runs_its_whole_recipe(fast_run):
     run, stdout = fast_run
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["stem"] == "whiten" and config["model"]["block"] == "fast"
-    assert config["config"]["lookahead"] == 5 and config["config"]["altflip"]
+    assert config["settings"]["lookahead"] == 5 and config["settings"]["altflip"]
     results = json.loads((run / "results.json").read_text())
     assert results["epochs_run"] == 2 and results["init_seconds"] > 0
     assert results["train_seconds"] >= results["init_seconds"]
@@ -90,6 +90,18 @@ def test_publish_makes_the_release_plots_and_results_table(fast_run, cifar, tmp_
     assert not list(tmp_path.glob(".trained_model*"))  # no staged folder left behind
 
 
+def test_a_run_that_records_its_settings_under_config_still_publishes(fast_run, tmp_path):
+    from budgetnet.submission.results_page import check_run
+
+    run = tmp_path / "old"
+    shutil.copytree(fast_run[0], run)
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    old = {"config" if key == "settings" else key: value for key, value in record.items()}
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    finished = check_run(run)
+    assert finished.record == record and finished.record["settings"]["lookahead"] == 5
+
+
 def test_publish_refuses_an_unfinished_run(tmp_path, run_main):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("config: {}\n")
@@ -111,7 +123,7 @@ def test_publish_refuses_bad_run_files_before_evaluating(
 ):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
-    (run / "config.yaml").write_text("config: {val_size: 0, seed: 0}\nmodel: {}\n")
+    (run / "config.yaml").write_text("settings: {val_size: 0, seed: 0}\nmodel: {}\n")
     (run / "history.csv").write_text("epoch\n")
     (run / "best" / "model.json").write_text("{}")
     (run / "results.json").write_text(results)

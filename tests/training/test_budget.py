@@ -79,7 +79,7 @@ def test_a_budgeted_run_records_its_epochs_and_trains_as_that_many_epochs_would(
     result = run_main("code/train.py", *flags, "--time-budget", "0.4", "--run-dir", str(budgeted))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "time budget 0.4 min: 1.00 s/step x 5 steps" in result.stdout
-    config = yaml.safe_load((budgeted / "config.yaml").read_text())["config"]
+    config = yaml.safe_load((budgeted / "config.yaml").read_text())["settings"]
     epochs = config["epochs"]  # 24 s less loading and measuring, 5 s an epoch
     assert config["time_budget"] == 0.4 and 1 <= epochs <= 4
     assert len((budgeted / "history.csv").read_text().splitlines()) == 1 + epochs

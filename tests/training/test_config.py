@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import yaml
 
+from budgetnet import runs
 from budgetnet.cli import add_config_arguments, resume_settings
 from budgetnet.errors import UserError
 from budgetnet.training.config import (
@@ -115,8 +116,9 @@ def test_unknown_keys_are_refused_by_flat_name():
         merge(TrainConfig(), {"optimizer": {"lr": 0.1}}, "f.yaml")  # groups are not keys
 
 
-# config.yaml as an older version wrote it: flat keys in its own order, without the settings
-# added since (noise, Muon, SWA, ...), which take their defaults.
+# config.yaml as an older version wrote it: the flat settings under `config:` (not `settings:`),
+# in their own order, without the settings added since (noise, Muon, SWA, ...), which take their
+# defaults.
 OLD_CONFIG_YAML = """\
 config:
   data: null
@@ -156,3 +158,14 @@ def test_a_run_directory_of_an_older_version_resumes_with_defaults_for_what_it_l
         key: default[key] for key in set(default) - set(saved)
     }
     assert config.optimizer.lr == 0.2 and spec.channels == (8,)
+
+
+def test_run_records_hold_their_settings_under_settings_and_read_the_old_key_alike(tmp_path):
+    settings = TrainConfig().with_values(seed=4).flat()
+    runs.write_config(tmp_path, {"settings": settings, "model": {"blocks": [1], "channels": [8]}})
+    assert list(yaml.safe_load((tmp_path / "config.yaml").read_text())) == ["settings", "model"]
+    assert runs.read_config(tmp_path)["settings"] == settings
+    (tmp_path / "config.yaml").write_text(OLD_CONFIG_YAML)
+    record = runs.read_config(tmp_path)
+    assert list(record) == ["settings", "model"]  # renamed in place, the order kept
+    assert record["settings"] == yaml.safe_load(OLD_CONFIG_YAML)["config"]

@@ -77,7 +77,7 @@ def test_every_recipe_trains_a_few_steps_at_tiny_width(path, tiny_data, tmp_path
     overridden = set(vars(_parse(*flags))) & set(SETTINGS)
     for key in file_settings:
         if key not in overridden:
-            assert saved["config"][key] == typed[key], key  # the recipe reaches the run
+            assert saved["settings"][key] == typed[key], key  # the recipe reaches the run
     assert saved["model"]["input_size"] == spec.input_size
     meta = json.loads((run / "best" / "model.json").read_text())
     if recipe.dataset.normalize == "imagenet":

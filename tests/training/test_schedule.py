@@ -1,5 +1,6 @@
 """The learning-rate schedule as closed-form arithmetic of the step (budgetnet.training.schedule):
-equal to timm's CosineLRScheduler and torch's OneCycleLR, which it replaced, at every step."""
+equal at every step to timm's CosineLRScheduler and torch's OneCycleLR, the references it is
+checked against, and airbench's linear triangle at exact steps."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import random
 import pytest
 import torch
 
-from budgetnet.training.config import TrainConfig
+from budgetnet.models.builder import build
+from budgetnet.models.zoo import model_spec
+from budgetnet.training import optim, schedule
+from budgetnet.training.config import TrainConfig, recipe_config
 from budgetnet.training.muon import Muon
 from budgetnet.training.optim import Optimizers
 from budgetnet.training.schedule import lr_at, make_schedule, momentum_at
@@ -159,3 +163,17 @@ def test_onecycle_drives_the_muon_and_sgd_pair_group_by_group():
     expected = [lr_at(config, 20, total, STEPS, peak) for peak in (*PEAKS, 0.02)]
     assert [g["lr"] for g in pair.param_groups] == expected
     assert _momenta(pair) == [momentum_at(config, 20, total)] * 3
+
+
+def test_linear_schedule_at_exact_steps():
+    config = recipe_config("fast").with_values(epochs=10, warmup_epochs=2.3)
+    model = build(model_spec("fastres_s"))
+    optimizer = optim.make_optimizer(config, model)
+    set_lr = schedule.make_schedule(config, optimizer, steps_per_epoch=48)
+    peak = config.optimizer.effective_lr
+    assert set_lr(0) == pytest.approx(0.2 * peak)  # airbench's triangle starts at 0.2
+    assert set_lr(110) == pytest.approx(peak)  # round(2.3 * 48): the peak
+    assert set_lr(55) == pytest.approx((0.2 + 0.8 * 55 / 110) * peak)
+    assert set_lr(480) == pytest.approx(0.07 * peak)  # the end
+    assert set_lr(295) == pytest.approx((1 - 0.93 * 185 / 370) * peak)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(64 * set_lr(295))

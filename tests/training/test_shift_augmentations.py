@@ -1,17 +1,22 @@
-"""The batch augmentations for shift robustness at exact values on seeded batches: Gaussian
-noise (fraction and scale), RandomErasing (areas), Mixup (weights)."""
+"""The augmentations for shift robustness: the batch ones at exact values on seeded batches
+(Gaussian noise: fraction and scale; RandomErasing: areas; Mixup: weights), progressive
+resizing, the per-image policies (RandAugment, AugMix, TrivialAugment, AutoAugment) and
+AugMix's Jensen-Shannon batches, with a tiny run."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from budgetnet.errors import UserError
-from budgetnet.training.augment import BatchAugment, gaussian_noise
-from budgetnet.training.config import TrainConfig, merge
+from budgetnet.training.augment import BatchAugment, WorkerBatches, auto_augment, gaussian_noise
+from budgetnet.training.config import JSD_SPLITS, TrainConfig, merge
+from budgetnet.training.objective import Objective
 
-from tiny import NORM, TINY_SPEC, tiny_config
+from cifar_files import random_images
+from tiny import NORM, TINY_SPEC, tiny_config, tiny_release_run
 
 CPU = torch.device("cpu")
 
@@ -133,3 +138,42 @@ def test_progressive_resizing_refuses_a_side_the_network_cannot_take(cifar, tmp_
 class _NullTracker:
     def step(self, *args) -> None:
         pass
+
+
+@pytest.mark.parametrize(
+    "policy", ["rand-m9-n2", "augmix-m3-w3", "trivialaugment", "autoaugment-cifar10"]
+)
+def test_every_aa_policy_transforms_a_32px_image(policy):
+    image = Image.fromarray(random_images(1, seed=4)[0])
+    out = auto_augment(policy, 32)(image)
+    assert out.size == (32, 32) and out.mode == "RGB"
+
+
+def test_bad_aa_and_jsd_combinations_are_refused():
+    for bad in (
+        {"aa": "randaugment"},
+        {"jsd_loss": True, "aa": "rand-m9-n2"},
+        {"jsd_loss": True, "aa": "augmix-m3", "mixup": 0.2},
+    ):
+        with pytest.raises(UserError):
+            merge(TrainConfig(), bad, "test")
+
+
+def test_jsd_batches_hold_the_clean_views_first_and_the_loss_takes_them():
+    config = TrainConfig().with_values(
+        aa="augmix-m3-w2", jsd_loss=True, batch_size=4, workers=0, reprob=0.5
+    )
+    images, labels = random_images(8, seed=5), np.arange(8) % 10
+    batches = WorkerBatches(images, labels, config, CPU)
+    x, y = next(iter(batches.epoch(0)))
+    assert x.shape == (JSD_SPLITS * 4, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (4,)
+    augment = BatchAugment(config, NORM, 10, 32, CPU)
+    inputs, target = augment(x, y)
+    assert inputs.shape == x.shape and torch.equal(target, y)
+    loss = Objective(config)(torch.randn(JSD_SPLITS * 4, 10), target, inputs)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_a_tiny_augmix_jsd_run_releases_a_working_model(cifar, tmp_path):
+    tiny_release_run(cifar, tmp_path, aa="augmix-m3-w2", jsd_loss=True, workers=0)

@@ -249,3 +249,34 @@ def test_two_workers_share_one_postgresql_study(tmp_path, cifar):
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_a_worker_that_loses_the_sqlite_table_race_retries_and_other_errors_are_one_line(
+    tmp_path, monkeypatch
+):
+    import sqlalchemy.exc
+
+    real, calls = optuna.create_study, []
+
+    def racing(message):
+        def create_study(**kwargs):
+            calls.append(message)
+            if len(calls) == 1:  # what SQLite raises when another worker made the table first
+                raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception(message))
+            return real(**kwargs)
+
+        return create_study
+
+    monkeypatch.setattr(studies.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(optuna, "create_study", racing("table study_directions already exists"))
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    assert _open(url, "race").study_name == "race" and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(optuna, "create_study", racing("disk I/O error"))
+    with pytest.raises(UserError, match="cannot open study storage .*disk I/O error"):
+        _open(url, "broken")
+    assert len(calls) == 1  # not retried
+
+
+def _open(url, name):
+    return studies.open_study(name, url, "fingerprint", 0, optuna.pruners.NopPruner())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,8 @@ import yaml
 from PIL import Image
 
 from budgetnet import runs
-from budgetnet.data.sources import DataSplits, load_splits
+from budgetnet.data.normalization import Preprocessing
+from budgetnet.data.sources import load_splits
 from budgetnet.errors import ArgumentParser, UserError
 from budgetnet.evaluation.infer import infer
 from budgetnet.evaluation.metrics import metrics
@@ -59,10 +61,13 @@ def test_one_epoch_writes_every_artifact(cifar, tmp_path, run_main):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["config"]["seed"] == 3 and config["config"]["epochs"] == 1
+    assert config["settings"]["seed"] == 3 and config["settings"]["epochs"] == 1
     assert config["model"]["channels"] == [8, 16]
     assert config["provenance"]["command"].startswith("train.py --data")
     assert "git_revision" in config["provenance"] and config["data"]["val_size"] == 40
+    assert list(config["data"]) == [
+        "source", "kind", "val_size", "max_per_class", "seed", "train_splits"
+    ]  # fmt: skip
     header, row = (run / "history.csv").read_text().splitlines()
     assert header == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,images_per_s"
     assert row.startswith("0,") and len(row.split(",")) == 8
@@ -71,6 +76,7 @@ def test_one_epoch_writes_every_artifact(cifar, tmp_path, run_main):
     meta = json.loads((run / "best" / "model.json").read_text())
     assert meta["classes"][0] == "airplane" and meta["spec"]["blocks"] == [1, 1]
     assert meta["normalization"]["source"].startswith("per-channel mean/std of 160 training")
+    assert meta["preprocessing"] == {"size": 32, "channels_last": True}
     assert {"val_acc", "test_acc_tta0", "test_acc_tta1"} <= set(meta["metrics"])
     assert meta["provenance"]["seed"] == 3 and meta["weights_dtype"] == "float16"
     results = json.loads((run / "results.json").read_text())
@@ -248,14 +254,16 @@ def test_batch_augment_normalises_erases_and_mixes():
 def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inference(
     cifar, tmp_path, channels_last
 ):
-    """--no-channels-last matters: training batches, the model's convolution weights and the
-    inputs infer() feeds it are all NCHW-contiguous; by default all are channels_last."""
+    """--no-channels-last matters: training batches, the model's convolution weights, the
+    inputs infer() feeds it and the release's preprocessing are all NCHW-contiguous; by
+    default all are channels_last."""
     wanted, other = torch.channels_last, torch.contiguous_format
     if not channels_last:
         wanted, other = other, wanted
     config = tiny_config(cifar, tmp_path, epochs=1, channels_last=channels_last)
     splits = load_splits(cifar, val_size=40, cache_dir=False)
     session = engine.setup(config, ResNetSpec((1, 1), (8, 16)), splits, log=lambda line: None)
+    assert session.preprocessing == Preprocessing(32, channels_last, splits.normalization)
 
     images, labels = next(iter(session.batches.epoch(0)))
     x, _ = session.augment(images, labels)
@@ -272,12 +280,19 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
     fed = []
     hook = convs[0].register_forward_pre_hook(lambda module, args: fed.append(args[0]))
     try:
-        infer(session.model, splits.test.images[:4], splits.normalization, tta=0)
+        infer(session.model, splits.test.images[:4], session.preprocessing, tta=0)
     finally:
         hook.remove()
     assert len(fed) == 1 and fed[0].shape == (4, 3, 32, 32)
     assert fed[0].is_contiguous(memory_format=wanted)
     assert not fed[0].is_contiguous(memory_format=other)
+
+    record = {"provenance": {}, "data": splits.provenance.to_dict()}
+    engine._save_release(session, session.model, {}, tmp_path, record)
+    release = checkpoint.load_release(tmp_path)
+    assert release.preprocessing == session.preprocessing
+    assert release.model.stem.conv.weight.is_contiguous(memory_format=wanted)
+    assert not release.model.stem.conv.weight.is_contiguous(memory_format=other)
 
 
 def test_label_smoothing_loss_matches_the_smoothed_cross_entropy_by_hand():
@@ -608,18 +623,41 @@ def test_augmentation_and_tracking_settings_are_checked_and_parsed():
     assert not hasattr(parser.parse_args([]), "mlflow")  # untyped flags leave the config alone
 
 
-def test_constant_schedule_holds_the_lr_and_imagenet_normalisation_is_used_when_asked():
+def test_constant_schedule_holds_the_lr():
     config = TrainConfig().with_values(
         sched="constant", opt="adam", lr=1e-3, batch_size=32, lr_base_size=32
     )
     set_lr = schedule.make_schedule(config, _optimizer(config), steps_per_epoch=10)
     assert [set_lr(step) for step in (0, 55, 199)] == pytest.approx([1e-3] * 3)
+
+
+def test_imagenet_normalisation_is_used_when_asked_also_for_splits_loaded_beforehand(
+    cifar, tmp_path
+):
     from timm.data import IMAGENET_DEFAULT_MEAN
 
-    splits = DataSplits(None, None, None, NORM)
-    assert engine.normalization(TrainConfig(), splits) is NORM
-    imagenet = engine.normalization(TrainConfig().with_values(normalize="imagenet"), splits)
-    assert imagenet.mean == IMAGENET_DEFAULT_MEAN and "ImageNet" in imagenet.source
+    config = tiny_config(cifar, tmp_path, normalize="imagenet")
+    own = load_splits(cifar, val_size=40, cache_dir=False)  # one load shared by many runs
+    for splits in (None, own):
+        session = engine.setup(config, ResNetSpec((1,), (8,)), splits, log=lambda line: None)
+        normalization = session.preprocessing.normalization
+        assert normalization.mean == IMAGENET_DEFAULT_MEAN and "ImageNet" in normalization.source
+        assert session.augment.normalization == normalization == session.splits.normalization
+    plain = engine.setup(tiny_config(cifar, tmp_path), ResNetSpec((1,), (8,)), own)
+    assert plain.splits is own and plain.preprocessing.normalization == own.normalization
+
+
+def test_a_session_and_its_parts_are_built_by_keyword_only(cifar, tmp_path):
+    """Two fields of one type (lookahead and average, model and trained) cannot be swapped
+    by position."""
+    for built in (engine.Session, engine.Network, engine.Optimization):
+        assert all(field.kw_only for field in dataclasses.fields(built)), built
+        with pytest.raises(TypeError, match="positional argument"):
+            built(*[None] * len(dataclasses.fields(built)))
+    config = tiny_config(cifar, tmp_path, lookahead=5, swa=True)
+    session = engine.setup(config, ResNetSpec((1,), (8,)), log=lambda line: None)
+    assert isinstance(session.lookahead, engine.Lookahead)
+    assert isinstance(session.average, engine.WeightAverage)
 
 
 def test_top5_is_scored_for_more_than_ten_classes():

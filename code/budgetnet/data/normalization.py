@@ -1,7 +1,9 @@
 """Pixel statistics and the one preprocessing step every model input goes through.
 
 Training, validation, evaluation, inference and the web demo all call `normalize`, so the
-pixels a model sees at test time are prepared exactly as in training.
+pixels a model sees at test time are prepared exactly as in training. A `Preprocessing` is the
+whole of it for one model (input size, memory order, normalisation): a training run makes one,
+validates with it and stores it in the release, which inference reads it back from.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import torch.nn.functional as F
 from budgetnet.errors import UserError, brief
 
 MIN_STD = 1e-3  # the smallest per-channel std a normalisation may have (pixels in [0, 1])
+# How a run normalises: the training images' own statistics, or ImageNet's (the 224 px recipes).
+NORMALIZE_CHOICES = ("data", "imagenet")
+MAX_INPUT_SIZE = 1024  # pixels a side, as ResNetSpec caps input_size (a release is read from disk)
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,8 @@ def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def channel_statistics(
     normalization: Normalization, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: building them per batch
-    copies them to the device every step. Shared, so never modified in place."""
+    """Mean and std as (1, 3, 1, 1) tensors on `device`, cached per (normalization, device,
+    dtype) so a batch does not copy them to the device. Shared, so never modified in place."""
     mean = torch.tensor(normalization.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(normalization.std, device=device, dtype=dtype).view(1, 3, 1, 1)
     return mean, std
@@ -117,3 +122,72 @@ def normalize(
     return x.contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
+
+
+def imagenet_normalization() -> Normalization:
+    """ImageNet's mean/std, as torchvision's pretrained models use."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm costs a second
+
+    return Normalization(
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        "ImageNet mean/std, as torchvision's pretrained models use (timm IMAGENET_DEFAULT_*)",
+    )
+
+
+def chosen_normalization(choice: str, images: np.ndarray, source: str) -> Normalization:
+    """The normalisation `choice` (one of NORMALIZE_CHOICES) gives training images `images`,
+    which came from `source`."""
+    if choice == "data":
+        return Normalization.from_images(images, source)
+    if choice == "imagenet":
+        return imagenet_normalization()
+    raise UserError(f"normalize {choice!r}: choose one of {', '.join(NORMALIZE_CHOICES)}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything between uint8 images and a model's input: the size they are resized to, the
+    memory order (channels_last or contiguous NCHW, the order the model's weights are in) and
+    the normalisation."""
+
+    size: int
+    channels_last: bool
+    normalization: Normalization
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool):
+            raise UserError(f"preprocessing size must be an integer, got {brief(self.size)}")
+        if not 1 <= self.size <= MAX_INPUT_SIZE:
+            raise UserError(f"preprocessing size {self.size} is outside 1..{MAX_INPUT_SIZE} pixels")
+        if not isinstance(self.channels_last, bool):
+            raise UserError(
+                f"preprocessing channels_last must be true or false, got "
+                f"{brief(self.channels_last)}"
+            )
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> the model's float32 input (`normalize`)."""
+        return normalize(batch, self.normalization, self.size, self.channels_last)
+
+    def layout(self) -> dict:
+        """model.json's "preprocessing": size and memory order. The normalisation is stored
+        beside it, under "normalization", where every release has kept it."""
+        return {"size": self.size, "channels_last": self.channels_last}
+
+    @classmethod
+    def from_layout(
+        cls, layout: dict | None, normalization: Normalization, input_size: int
+    ) -> Preprocessing:
+        """The preprocessing of a release: its stored `layout`, or for releases written before
+        it was stored (None) what inference has always fed them: the spec's `input_size`,
+        channels_last."""
+        if layout is None:
+            return cls(input_size, True, normalization)
+        if not isinstance(layout, dict) or not {"size", "channels_last"} <= layout.keys():
+            raise UserError(f"preprocessing needs size and channels_last, got {brief(layout)}")
+        return cls(layout["size"], layout["channels_last"], normalization)

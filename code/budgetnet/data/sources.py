@@ -12,7 +12,8 @@ order, int64 labels and the class names, whatever the source was:
 4. nothing local: torchvision's download into `./data` when the network is there.
 
 `load_splits` adds what training needs on top: a per-class cap, a stratified, seeded
-validation split held out from train, and normalisation statistics of the training images.
+validation split held out from train, and the normalisation the run asked for. It locates the
+source once (`resolve_source`) and reads every split from that `Source`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from budgetnet.data.normalization import Normalization
+from budgetnet.data.normalization import Normalization, chosen_normalization
 from budgetnet.data.safe_pickle import MAX_FILE_BYTES, pickle_field, safe_loads
 from budgetnet.errors import UserError, shorten
 from budgetnet.files import atomic_write, open_regular_file, read_regular_file
@@ -604,14 +605,20 @@ def _folder_matches(found: Source, dataset: str) -> bool:
 
 
 def resolve_source(
-    source: str | Path | None = None, *, download: bool = True, data_dir: Path = DEFAULT_DATA_DIR
+    source: Source | str | Path | None = None,
+    *,
+    download: bool = True,
+    data_dir: Path = DEFAULT_DATA_DIR,
 ) -> Source:
     """Find the dataset that `source` names.
 
-    `source` is a path (folder or archive), a dataset name ("cifar10", "cifar100"), or None
-    (= "cifar10"). For a name, look at $BUDGETNET_DATA and `data_dir` first, then download
-    into `data_dir` with torchvision. A path that exists but holds no dataset is an error.
+    `source` is a path (folder or archive), a dataset name ("cifar10", "cifar100"), None
+    (= "cifar10"), or a `Source` already found, returned as it is. For a name, look at
+    $BUDGETNET_DATA and `data_dir` first, then download into `data_dir` with torchvision. A
+    path that exists but holds no dataset is an error.
     """
+    if isinstance(source, Source):
+        return source
     if source is not None and (Path(source).exists() or str(source) not in DATASET_NAMES):
         found = locate(source)
         if found is None:
@@ -641,14 +648,15 @@ def resolve_source(
 
 
 def load_split(
-    source: str | Path | None = None,
+    source: Source | str | Path | None = None,
     split: str = "train",
     *,
     max_per_class: int | None = None,
     cache_dir: Path | None | bool = True,
     download: bool = True,
 ) -> ImageSet:
-    """One split of any source the module reads (see the module docstring).
+    """One split of any source the module reads (see the module docstring), or of a `Source`
+    already located (not looked up again).
 
     `cache_dir`: where decoded image folders are kept; True = $BUDGETNET_CACHE or
     ~/.cache/budgetnet, False/None = no cache.
@@ -739,15 +747,41 @@ def hold_out(
     return train_idx, val_idx, val
 
 
-@dataclass
+@dataclass(frozen=True)
+class DataProvenance:
+    """How a run's splits were drawn, as config.yaml's `data` and a release's
+    provenance["data"] record it (evaluation redraws the validation split from it)."""
+
+    source: str  # the located dataset's path
+    kind: str  # Source.kind
+    val_size: int  # images held out for validation
+    max_per_class: int | None
+    seed: int
+    train_splits: str  # "train" or "train+test"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class DataSplits:
-    """What a training run reads: train, held-out validation, test, and train's statistics."""
+    """What a training run reads: train, held-out validation, test, the normalisation chosen
+    for them and how they were drawn."""
 
     train: ImageSet
     val: ImageSet | None
     test: ImageSet | None
     normalization: Normalization
-    notes: dict = field(default_factory=dict)
+    provenance: DataProvenance
+    normalize: str = "data"  # the choice `normalization` came from (NORMALIZE_CHOICES)
+
+    def normalized(self, choice: str) -> DataSplits:
+        """These splits normalised by `choice`: themselves if they already are (one load can
+        serve runs that normalise differently)."""
+        if choice == self.normalize:
+            return self
+        normalization = chosen_normalization(choice, self.train.images, self.train.source)
+        return replace(self, normalization=normalization, normalize=choice)
 
 
 def parse_train_splits(text: str) -> tuple[str, ...]:
@@ -763,23 +797,25 @@ def parse_train_splits(text: str) -> tuple[str, ...]:
 
 
 def load_splits(
-    source: str | Path | None = None,
+    source: Source | str | Path | None = None,
     *,
     val_size: int | float | None = None,
     max_per_class: int | None = None,
     seed: int = 0,
     train_splits: str = "train",
+    normalize: str = "data",
     cache_dir: Path | None | bool = True,
     download: bool = True,
 ) -> DataSplits:
     """Train (capped per class if asked), a stratified validation split held out from it, the
-    test split if the source has one, and normalisation from the remaining train images.
+    test split if the source has one, and the normalisation `normalize` chooses (the
+    statistics of the final train images, or ImageNet's).
 
     `train_splits` "train+test" trains on the test split too (every labeled image, for the
     model you submit): the test split is then part of train and is not reported on."""
     splits = parse_train_splits(train_splits)
     found = resolve_source(source, download=download)
-    full = load_split(found.path, "train", max_per_class=max_per_class, cache_dir=cache_dir)
+    full = load_split(found, "train", max_per_class=max_per_class, cache_dir=cache_dir)
     train_idx, val_idx, val = hold_out(full, val_size, seed)
     train = (
         full.subset(train_idx, f"{len(val_idx)} held out for validation (seed {seed})")
@@ -791,25 +827,21 @@ def load_splits(
         if test is None:
             raise UserError(f"{found.path}: no test split to train on")
         train, test = train.joined(test), None
-    return DataSplits(
-        train,
-        val,
-        test,
-        Normalization.from_images(train.images, train.source),
-        {
-            "source": str(found.path),
-            "kind": found.kind,
-            "val_size": len(val_idx),
-            "max_per_class": max_per_class,
-            "seed": seed,
-            "train_splits": train_splits,  # checked by parse_train_splits above
-        },
+    provenance = DataProvenance(
+        source=str(found.path),
+        kind=found.kind,
+        val_size=len(val_idx),
+        max_per_class=max_per_class,
+        seed=seed,
+        train_splits=train_splits,  # checked by parse_train_splits above
     )
+    normalization = chosen_normalization(normalize, train.images, train.source)
+    return DataSplits(train, val, test, normalization, provenance, normalize)
 
 
 def _test_split(found: Source, cache_dir: Path | None | bool, train: ImageSet) -> ImageSet | None:
     try:
-        test = load_split(found.path, "test", cache_dir=cache_dir)
+        test = load_split(found, "test", cache_dir=cache_dir)
     except UserError:
         if found.kind != "image-folder" or (found.path / "test").exists():
             raise

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from budgetnet.data.sources import ImageSet, hold_out, load_split, resolve_source
+from budgetnet.data.sources import ImageSet, hold_out, load_split
 from budgetnet.errors import UserError, brief
 from budgetnet.evaluation.infer import check_finite_probs, infer
 from budgetnet.models.checkpoint import Release, load_release, release_parameters
 
-# What a run's held-out validation split is rebuilt from: the notes of `load_splits` that
-# training stores as provenance["data"] in model.json.
+# What a run's held-out validation split is rebuilt from: the `DataProvenance` of its splits,
+# which training stores as provenance["data"] in model.json.
 VAL_SPLIT_KEYS = ("val_size", "seed", "max_per_class")
 
 
@@ -58,7 +58,7 @@ class Ensemble:
                 infer(
                     r.model,
                     images,
-                    r.normalization,
+                    r.preprocessing,
                     tta=tta,
                     batch_size=batch_size,
                     device=device,
@@ -100,7 +100,7 @@ def load_ensemble(paths: list[str | Path], device: torch.device, max_params: int
     return Ensemble(releases)
 
 
-def _data_notes(release: Release) -> dict:
+def _data_provenance(release: Release) -> dict:
     notes = (release.meta.get("provenance") or {}).get("data")
     return notes if isinstance(notes, dict) else {}
 
@@ -114,7 +114,7 @@ def _is_count(value: object, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def _check_val_notes(release: Release, given: dict) -> None:
+def _check_val_provenance(release: Release, given: dict) -> None:
     """Refuse a model.json whose validation settings are missing or damaged (they would
     otherwise crash, or silently draw another split, deep in the data code)."""
     missing = [k for k in VAL_SPLIT_KEYS if k not in given]
@@ -140,7 +140,7 @@ def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -
     """The validation split every release held out, rebuilt; refused unless all recorded the
     same draw (averaged models scored on a split one of them trained on would flatter it)."""
     for release, given in zip(ensemble.releases, notes, strict=True):
-        _check_val_notes(release, given)
+        _check_val_provenance(release, given)
     if source is None:
         raise UserError(
             f"{ensemble.releases[0].path}: model.json does not say which data "
@@ -153,8 +153,7 @@ def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -
             f"({settings}); evaluate them with --split test"
         )
     # load_splits' own steps, less the test split and the statistics that are not needed here
-    found = resolve_source(source)
-    full = load_split(found.path, "train", max_per_class=settings[0]["max_per_class"])
+    full = load_split(source, "train", max_per_class=settings[0]["max_per_class"])
     val = hold_out(full, settings[0]["val_size"], settings[0]["seed"])[2]
     if val is None:
         raise UserError(
@@ -167,7 +166,7 @@ def _held_out_split(ensemble: Ensemble, source: str | None, notes: list[dict]) -
 def labeled_split(ensemble: Ensemble, split: str, data: str | None = None) -> ImageSet:
     """The test split of the training data (or of `data`), or the very validation split the
     run held out, rebuilt from the settings stored in model.json."""
-    notes = [_data_notes(r) for r in ensemble.releases]
+    notes = [_data_provenance(r) for r in ensemble.releases]
     recorded = notes[0].get("source")
     if not data and recorded is not None and not isinstance(recorded, str):
         raise UserError(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnet.data.normalization import Normalization, as_uint8_nchw, normalize
+from budgetnet.data.normalization import Preprocessing, as_uint8_nchw
 from budgetnet.errors import UserError
 from budgetnet.runtime import autocast
 
@@ -49,7 +49,7 @@ def view_count(level: int) -> int:
 def infer(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
-    normalization: Normalization,
+    preprocessing: Preprocessing,
     *,
     tta: int = 0,
     batch_size: int = BATCH_SIZE,
@@ -58,23 +58,17 @@ def infer(
 ) -> torch.Tensor:
     """Class probabilities (N, num_classes), float32 on the CPU, averaged over the TTA views.
 
-    `images`: uint8, numpy (N, H, W, 3) or a tensor (N, 3, H, W) on any device.
+    `images`: uint8, numpy (N, H, W, 3) or a tensor (N, 3, H, W) on any device;
+    `preprocessing`: the model's own (a release's, or a training session's).
     """
     device = device or next(model.parameters()).device
-    size = getattr(getattr(model, "spec", None), "input_size", None)
-    channels_last = _is_channels_last(model)
     was_training = model.training
     model.eval()
     images = as_uint8_nchw(images)
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            x = normalize(
-                images[start : start + batch_size].to(device, non_blocking=True),
-                normalization,
-                size,
-                channels_last,
-            )
+            x = preprocessing(images[start : start + batch_size].to(device, non_blocking=True))
             with autocast(device, amp):
                 views = tta_views(x, tta)
                 probs = sum(model(v).float().softmax(-1) for v in views) / len(views)
@@ -101,11 +95,3 @@ def check_finite_probs(probs: np.ndarray | torch.Tensor, source: str) -> np.ndar
             "are finite but its activations overflow?); nothing written"
         )
     return probs
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    """Whether the model's convolutions hold channels_last weights (inputs then follow; a
-    release loads that way, a training run as --channels-last says)."""
-    weights = (m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
-    first = next(weights, None)
-    return first is None or first.is_contiguous(memory_format=torch.channels_last)

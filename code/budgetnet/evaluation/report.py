@@ -47,8 +47,8 @@ from budgetnet.runtime import precision_name
 from budgetnet.tables import markdown_table, percent
 
 # --------------------------------------------------------------------------------------------
-# The report, typed; JSON only at the edge (to_json / from_json). The files keep the keys and
-# their order of the reports written before it was typed, so every report reads back.
+# The report, typed; JSON only at the edge (to_json / from_json). The files' keys and their
+# order are the evaluation-*.json format, so every report written reads back.
 
 
 @dataclass(frozen=True)

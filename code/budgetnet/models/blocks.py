@@ -1,12 +1,17 @@
-"""The parts of a ResNet, each defined once: typed layers, and one class per block type.
+"""The parts of a ResNet, each defined once: typed layers, and one class per kind of part.
 
-A layer (`Conv`, `BatchNorm`, ...) is a frozen description: its shapes, its parameter and
-multiply-add formulas, and `module()`, the torch module it becomes. A block class (`BasicBlock`,
-`CifarStem`, `Head`, ...) is a torch module whose `plan(...)` lays out its named layers as a
-`Block` without building anything, cached because a search meets the same blocks again and
-again; `spec.plan` lists those, `complexity.py` counts them, and `block.module()` builds the
-class, which holds each layer as the attribute of its name and wires them up in `forward`.
-Counting never builds a module: `Block.params` is exactly the parameters the module will have.
+A network's plan is a list of parts: the stem, each stage's opening layer (res9 and fast
+stages) and residual units, and the head. A layer (`Conv`, `BatchNorm`, ...) is a frozen
+description: its shapes, its parameter and multiply-add formulas, and `module()`, the torch
+module it becomes. A part class (`CifarStem`, `BasicBlock`, `ConvPoolLayer`, `Head`, ...) is a
+torch module whose `plan(...)` lays out its named layers as a `Part` without building anything,
+cached because a search meets the same parts again and again; `spec.plan` lists those,
+`complexity.py` counts them, and `part.module()` builds the class, which holds each layer as the
+attribute of its name and wires them up in `forward`. Counting never builds a module:
+`Part.params` is exactly the parameters the module will have.
+
+The unit classes keep torchvision's names (`BasicBlock`, ...): "block" in `ResNetSpec` is the
+residual unit's type (`block: basic`) and the units per stage (`blocks: [3, 4, 3]`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class Layer:
 
     op: ClassVar[str]  # its label in the per-layer table
     in_table: ClassVar[bool] = True  # in the per-layer table; False: elementwise or a reshape
-    name: str  # the attribute of the block that holds it, e.g. "conv1"
+    name: str  # the attribute of the part that holds it, e.g. "conv1"
 
     @property
     def params(self) -> int:
@@ -294,20 +299,21 @@ class FixedScale(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Blocks: what the plan lists, and the module classes that build them.
+# Parts: what the plan lists, and the module classes that build them.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Block:
-    """A planned block: the class that builds it and its layers with their shapes.
+class Part:
+    """One entry of a plan (a stem, a stage's opening layer, a residual unit, a head, or a
+    unit's projection): the class that builds it and its layers with their shapes.
 
-    Hashed and compared by identity (eq=False): the plans are cached, so equal blocks are one
+    Hashed and compared by identity (eq=False): the plans are cached, so equal parts are one
     object, and its counts are computed once however many specs hold it.
     """
 
     module_type: type[nn.Module]  # BasicBlock, CifarStem, Head, ...
     layers: tuple[Layer, ...]
-    shortcut: Block | None = None  # a residual unit's projection; None: the identity, which
+    shortcut: Part | None = None  # a residual unit's projection; None: the identity, which
     stride: int = 1  # subsamples by the unit's stride
     extra_channels: int = 0  # and appends this many zero channels
 
@@ -328,7 +334,7 @@ class Block:
         return sum(layer.macs for _, layer in self.named_layers())
 
     def named_layers(self) -> Iterator[tuple[str, Layer]]:
-        """(path inside the block's module, layer): the main path, then the projection's."""
+        """(path inside the part's module, layer): the main path, then the projection's."""
         for layer in self.layers:
             yield layer.name, layer
         if self.shortcut is not None:
@@ -339,58 +345,58 @@ class Block:
         return self.module_type(self, bn_momentum)
 
 
-class SequentialBlock(nn.Sequential):
+class SequentialPart(nn.Sequential):
     """Its layers in order, each the child of its name (`stem.conv`, `head.fc`, ...)."""
 
-    def __init__(self, block: Block, bn_momentum: float) -> None:
-        super().__init__(OrderedDict((x.name, x.module(bn_momentum)) for x in block.layers))
+    def __init__(self, part: Part, bn_momentum: float) -> None:
+        super().__init__(OrderedDict((x.name, x.module(bn_momentum)) for x in part.layers))
 
 
-class CifarStem(SequentialBlock):
+class CifarStem(SequentialPart):
     """A 3x3 conv, BN and ReLU at full resolution; a bare conv before pre-activation units,
     which normalise their input themselves."""
 
     @classmethod
     @functools.cache
-    def plan(cls, channels: int, size: int, pre_activation: bool) -> Block:
+    def plan(cls, channels: int, size: int, pre_activation: bool) -> Part:
         conv = Conv("conv", 3, channels, size, 3)
         if pre_activation:
-            return Block(cls, (conv,))
+            return Part(cls, (conv,))
         s = conv.out_size
-        return Block(cls, (conv, BatchNorm("bn", channels, s), ReLU("relu", channels, s)))
+        return Part(cls, (conv, BatchNorm("bn", channels, s), ReLU("relu", channels, s)))
 
 
-class ImagenetStem(SequentialBlock):
+class ImagenetStem(SequentialPart):
     """torchvision's: a 7x7 conv by 2, BN, ReLU, a 3x3 max-pool by 2."""
 
     @classmethod
     @functools.cache
-    def plan(cls, channels: int, size: int, pre_activation: bool) -> Block:
+    def plan(cls, channels: int, size: int, pre_activation: bool) -> Part:
         conv = Conv("conv", 3, channels, size, 7, 2)
         s = conv.out_size
-        return Block(cls, (
+        return Part(cls, (
             conv, BatchNorm("bn", channels, s), ReLU("relu", channels, s),
             Pool("maxpool", channels, s, 3, 2, 1),
         ))  # fmt: skip
 
 
-class WhiteningStem(SequentialBlock):
+class WhiteningStem(SequentialPart):
     """airbench's first layer: 2x2 patches without padding (a 32 px image becomes a 31 px map)
     whitened by frozen filters that `budgetnet.models.whitening` sets from the training images;
     only the conv's bias trains. Then GELU."""
 
     @classmethod
     @functools.cache
-    def plan(cls, channels: int, size: int, pre_activation: bool) -> Block:
+    def plan(cls, channels: int, size: int, pre_activation: bool) -> Part:
         conv = Conv("conv", 3, WHITEN_CHANNELS, size, WHITEN_KERNEL, padding=0, bias=True)
-        return Block(cls, (conv, GELU("act", WHITEN_CHANNELS, conv.out_size)))
+        return Part(cls, (conv, GELU("act", WHITEN_CHANNELS, conv.out_size)))
 
-    def __init__(self, block: Block, bn_momentum: float) -> None:
-        super().__init__(block, bn_momentum)
+    def __init__(self, part: Part, bn_momentum: float) -> None:
+        super().__init__(part, bn_momentum)
         self.conv.weight.requires_grad_(False)
 
 
-class Head(SequentialBlock):
+class Head(SequentialPart):
     """Pool (0 = global), flatten, dropout, the classifier, and a fixed factor on the logits
     unless it is 1; BN-ReLU first after pre-activation units, whose output is not normalised."""
 
@@ -399,7 +405,7 @@ class Head(SequentialBlock):
     def plan(
         cls, channels: int, size: int, pool: int, pool_type: str, dropout: float,
         num_classes: int, bias: bool, scale: float, pre_activation: bool,
-    ) -> Block:  # fmt: skip
+    ) -> Part:  # fmt: skip
         layers = ()
         if pre_activation:
             layers = (BatchNorm("bn", channels, size), ReLU("relu", channels, size))
@@ -413,10 +419,10 @@ class Head(SequentialBlock):
         )  # fmt: skip
         if scale != 1:
             layers += (Scale("scale", num_classes, scale),)
-        return Block(cls, layers)
+        return Part(cls, layers)
 
 
-class ConvPoolLayer(SequentialBlock):
+class ConvPoolLayer(SequentialPart):
     """The layer that opens a res9 or fast stage (Page's ResNet-9 layer): conv, max-pool by the
     stride, BN, activation; its units then keep the shape."""
 
@@ -425,7 +431,7 @@ class ConvPoolLayer(SequentialBlock):
     def plan(
         cls, cin: int, width: int, kernel: int, stride: int, size: int,
         fixed_scale: bool, activation: type[Pointwise],
-    ) -> Block:  # fmt: skip
+    ) -> Part:  # fmt: skip
         layers = (Conv("conv", cin, width, size, kernel),)
         if stride > 1:
             layers += (Pool("pool", width, size, stride, stride),)
@@ -433,10 +439,10 @@ class ConvPoolLayer(SequentialBlock):
         if s < 1:
             raise UserError(f"a {size}x{size} map is too small for a max-pool of {stride}")
         norm = BatchNorm("bn", width, s, fixed_scale)
-        return Block(cls, layers + (norm, activation(activation.op, width, s)))
+        return Part(cls, layers + (norm, activation(activation.op, width, s)))
 
 
-class Projection(SequentialBlock):
+class Projection(SequentialPart):
     """The shortcut of a unit that changes shape: a 1x1 conv with the unit's stride, then BN;
     before pre-activation units a bare conv (He et al. 2016b)."""
 
@@ -444,7 +450,7 @@ class Projection(SequentialBlock):
     @functools.cache
     def plan(
         cls, cin: int, cout: int, stride: int, size: int, style: str, with_bn: bool
-    ) -> Block | None:
+    ) -> Part | None:
         """None where the shapes agree, or for an identity shortcut ("identity" style)."""
         if cin == cout and stride == 1:
             return None
@@ -456,7 +462,7 @@ class Projection(SequentialBlock):
                 )
             return None
         conv = Conv("conv", cin, cout, size, 1, stride)
-        return Block(cls, (conv, BatchNorm("bn", cout, conv.out_size)) if with_bn else (conv,))
+        return Part(cls, (conv, BatchNorm("bn", cout, conv.out_size)) if with_bn else (conv,))
 
 
 class ZeroPadShortcut(nn.Module):
@@ -487,8 +493,8 @@ class ResidualUnit(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Block | None:
-        """The block that opens each stage before its units, if any."""
+    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Part | None:
+        """The part that opens each stage before its units, if any."""
         return None
 
     @classmethod
@@ -496,20 +502,20 @@ class ResidualUnit(nn.Module):
     def plan(
         cls, cin: int, width: int, kernel: int, stride: int, size: int,
         shortcut: str, dropout: float, expansion: int,
-    ) -> Block:  # fmt: skip
+    ) -> Part:  # fmt: skip
         layers = cls.layout(cin, width, kernel, stride, size, dropout, expansion)
         cout = layers[-1].out_channels
         projection = Projection.plan(cin, cout, stride, size, shortcut, not cls.pre_activation)
-        return Block(cls, layers, projection, stride, cout - cin)
+        return Part(cls, layers, projection, stride, cout - cin)
 
-    def __init__(self, block: Block, bn_momentum: float) -> None:
+    def __init__(self, part: Part, bn_momentum: float) -> None:
         super().__init__()
-        for layer in block.layers:
+        for layer in part.layers:
             self.add_module(layer.name, layer.module(bn_momentum))
-        if block.shortcut is not None:
-            self.shortcut = block.shortcut.module(bn_momentum)
-        elif block.stride > 1 or block.extra_channels:
-            self.shortcut = ZeroPadShortcut(block.stride, block.extra_channels)
+        if part.shortcut is not None:
+            self.shortcut = part.shortcut.module(bn_momentum)
+        elif part.stride > 1 or part.extra_channels:
+            self.shortcut = ZeroPadShortcut(part.stride, part.extra_channels)
         else:
             self.shortcut = nn.Identity()
 
@@ -581,7 +587,7 @@ class Res9Unit(BasicBlock):
     after the addition; each stage opens with a conv-pool layer, so the units keep the shape."""
 
     @classmethod
-    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Block:
+    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Part:
         return ConvPoolLayer.plan(cin, width, kernel, stride, size, False, ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -600,7 +606,7 @@ class FastUnit(ResidualUnit):
         return conv, BatchNorm("bn", width, s, fixed_scale=True), GELU("act", width, s)
 
     @classmethod
-    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Block:
+    def opening(cls, cin: int, width: int, kernel: int, stride: int, size: int) -> Part:
         return ConvPoolLayer.plan(cin, width, kernel, stride, size, True, GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -612,6 +618,6 @@ UNIT_TYPES: dict[str, type[ResidualUnit]] = {
     "basic": BasicBlock, "bottleneck": Bottleneck, "preact": PreActBlock, "res9": Res9Unit,
     "fast": FastUnit,
 }  # fmt: skip
-STEM_TYPES: dict[str, type[SequentialBlock]] = {
+STEM_TYPES: dict[str, type[SequentialPart]] = {
     "cifar": CifarStem, "imagenet": ImagenetStem, "whiten": WhiteningStem,
 }  # fmt: skip

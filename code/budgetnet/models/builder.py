@@ -1,4 +1,4 @@
-"""The builder: `build(spec)` makes each block of the spec's plan with the class that laid it out
+"""The builder: `build(spec)` makes each part of the spec's plan with the class that laid it out
 (`budgetnet.models.blocks`), so parameter counts match the plan by construction. No training
 code lives here: inference calls `build(ResNetSpec.from_dict(d))` on the spec a release stores.
 """
@@ -12,7 +12,7 @@ from budgetnet.models.spec import ResNetSpec
 
 
 class ResNet(nn.Module):
-    """stem -> stages -> head; module paths are those of `spec.plan.named_blocks()`."""
+    """stem -> stages -> head; module paths are those of `spec.plan.named_parts()`."""
 
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
@@ -20,7 +20,7 @@ class ResNet(nn.Module):
         plan, momentum = spec.plan, spec.bn_momentum
         self.stem = plan.stem.module(momentum)
         self.stages = nn.Sequential(
-            *(nn.Sequential(*(block.module(momentum) for block in s)) for s in plan.stages)
+            *(nn.Sequential(*(part.module(momentum) for part in s)) for s in plan.stages)
         )
         self.head = plan.head.module(momentum)
 

@@ -3,7 +3,9 @@
 A *release* is a folder with two files:
   model.safetensors  the weights (fp16 or fp32; safetensors cannot run code when loaded)
   model.json         format tag, the model's spec (to rebuild it exactly), the class names,
-                     the normalisation used in training, metrics and provenance
+                     the preprocessing used in training (input size and memory order under
+                     "preprocessing", the normalisation under "normalization"), metrics and
+                     provenance
 A run directory keeps its best model as a release in `best/`; publishing it is copying that
 folder to `trained_model/`.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from budgetnet.data.normalization import Normalization
+from budgetnet.data.normalization import Normalization, Preprocessing
 from budgetnet.errors import UserError, brief, shorten
 from budgetnet.files import atomic_write, check_regular_file, read_regular_file
 from budgetnet.models.builder import ResNet, build
@@ -40,18 +42,22 @@ LAST_FILE = "last.pt"
 
 @dataclass
 class Release:
-    model: ResNet
+    model: ResNet  # in the memory order `preprocessing` feeds it
     classes: list[str]
-    normalization: Normalization
+    preprocessing: Preprocessing
     meta: dict  # the whole model.json
     path: Path  # the folder it came from
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.preprocessing.normalization
 
 
 def save_release(
     folder: str | Path,
     model: nn.Module,
     classes: list[str],
-    normalization: Normalization,
+    preprocessing: Preprocessing,
     metrics: dict,
     provenance: dict,
     *,
@@ -79,7 +85,8 @@ def save_release(
         "version": FORMAT_VERSION,
         "spec": spec.to_dict(),
         "classes": list(classes),
-        "normalization": normalization.to_dict(),
+        "preprocessing": preprocessing.layout(),
+        "normalization": preprocessing.normalization.to_dict(),
         "weights_dtype": str(dtype).removeprefix("torch."),
         "metrics": metrics,
         "provenance": provenance,
@@ -176,9 +183,9 @@ def _check_weights_header(weights_path: Path, handle, expected: dict[str, torch.
             )
 
 
-def _read_spec(path: str | Path) -> tuple[Path, dict, ResNetSpec, list[str], Normalization]:
-    """A release's folder, its model.json and what it describes (spec, classes, normalisation),
-    checked; no weight is read."""
+def _read_spec(path: str | Path) -> tuple[Path, dict, ResNetSpec, list[str], Preprocessing]:
+    """A release's folder, its model.json and what it describes (spec, classes,
+    preprocessing), checked; no weight is read."""
     folder = _release_folder(Path(path))
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.exists():
@@ -191,6 +198,9 @@ def _read_spec(path: str | Path) -> tuple[Path, dict, ResNetSpec, list[str], Nor
         spec = ResNetSpec.from_dict(meta["spec"])
         classes = [str(c) for c in meta["classes"]]
         normalization = Normalization.from_dict(meta["normalization"])
+        preprocessing = Preprocessing.from_layout(
+            meta.get("preprocessing"), normalization, spec.input_size
+        )
     except UserError as exc:
         raise UserError(f"{meta_path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -199,7 +209,7 @@ def _read_spec(path: str | Path) -> tuple[Path, dict, ResNetSpec, list[str], Nor
         raise UserError(
             f"{meta_path}: {len(classes)} class names for a {spec.num_classes}-class model"
         )
-    return folder, meta, spec, classes, normalization
+    return folder, meta, spec, classes, preprocessing
 
 
 def release_parameters(path: str | Path) -> tuple[Path, int]:
@@ -221,7 +231,7 @@ def load_release(
     (read from the file's header), and that every weight is finite."""
     from safetensors import SafetensorError, safe_open
 
-    folder, meta, spec, classes, normalization = _read_spec(path)
+    folder, meta, spec, classes, preprocessing = _read_spec(path)
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     params = count_params(spec)
     if max_params is not None and params > max_params:
@@ -251,9 +261,8 @@ def load_release(
         raise UserError(f"{weights_path}: weights do not load ({shorten(str(exc))})") from None
     if bad:
         raise UserError(f"{weights_path}: non-finite weights in {shorten(str(bad[:3]))}")
-    # channels_last: faster convolutions with cuDNN and oneDNN (infer() feeds inputs to match)
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    return Release(model, classes, normalization, meta, folder)
+    model = model.to(device, memory_format=preprocessing.memory_format).eval()
+    return Release(model, classes, preprocessing, meta, folder)
 
 
 def save_state(path: str | Path, state: dict) -> None:

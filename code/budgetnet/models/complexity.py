@@ -1,6 +1,6 @@
 """Exact parameter and FLOP counts, receptive fields and a per-layer table, without building.
 
-Everything here is integer arithmetic over `spec.plan`, the blocks `build(spec)` makes its
+Everything here is integer arithmetic over `spec.plan`, the parts `build(spec)` makes its
 modules from, each layer with its own formulas (`budgetnet.models.blocks`), so it builds no
 torch module and counts tens of thousands of specs a second.
 
@@ -39,8 +39,8 @@ class LayerRow(NamedTuple):
 @functools.lru_cache(maxsize=1)  # count_params and count_flops usually come as a pair
 def _cost(spec: ResNetSpec) -> tuple[int, int]:
     plan = spec.plan
-    blocks = (plan.stem, *itertools.chain.from_iterable(plan.stages), plan.head)
-    return sum(b.params for b in blocks), sum(b.macs for b in blocks)
+    parts = (plan.stem, *itertools.chain.from_iterable(plan.stages), plan.head)
+    return sum(p.params for p in parts), sum(p.macs for p in parts)
 
 
 def count_params(spec: ResNetSpec) -> int:
@@ -64,9 +64,9 @@ def receptive_field(spec: ResNetSpec) -> dict[str, int]:
     groups = [("stem", (plan.stem,))]
     groups += [(f"stage{i + 1}", stage) for i, stage in enumerate(plan.stages)]
     field, jump, fields = 1, 1, {}
-    for name, blocks in groups:
-        for block in blocks:
-            for layer in block.layers:
+    for name, parts in groups:
+        for part in parts:
+            for layer in part.layers:
                 kernel, stride = layer.window
                 field += (kernel - 1) * jump
                 jump *= stride
@@ -77,11 +77,11 @@ def receptive_field(spec: ResNetSpec) -> dict[str, int]:
 def layer_table(spec: ResNetSpec) -> list[LayerRow]:
     """One row per layer that holds parameters, costs FLOPs or changes the shape, in order."""
     rows = []
-    for block_name, block in spec.plan.named_blocks():
-        for path, layer in block.named_layers():
+    for part_name, part in spec.plan.named_parts():
+        for path, layer in part.named_layers():
             if layer.in_table:
                 row = (layer.op, layer.output_shape, layer.params, 2 * layer.macs)
-                rows.append(LayerRow(f"{block_name}.{path}", *row))
+                rows.append(LayerRow(f"{part_name}.{path}", *row))
     return rows
 
 

@@ -1,9 +1,10 @@
 """What a network is: `ResNetSpec` (blocks B, channels C, kernel F, pool P, ...) and its plan.
 
-The plan lists its blocks (the stem, each stage's units, the head), whose classes in
-`budgetnet.models.blocks` lay out their layers with the shapes; `budgetnet.models.builder.build`
-builds those classes and `budgetnet.models.complexity` counts parameters and FLOPs from the same
-plan, so the two cannot drift. Laying out builds no module. A checkpoint stores `spec.to_dict()`.
+The plan lists its parts (the stem, each stage's opening layer and units, the head), whose
+classes in `budgetnet.models.blocks` lay out their layers with the shapes;
+`budgetnet.models.builder.build` builds those classes and `budgetnet.models.complexity` counts
+parameters and FLOPs from the same plan, so the two cannot drift. Laying out builds no module.
+A checkpoint stores `spec.to_dict()`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from budgetnet.models.blocks import (
     UNIT_TYPES,
     WHITEN_CHANNELS,
     WHITEN_KERNEL,
-    Block,
     Head,
+    Part,
     ResidualUnit,
 )
 
@@ -35,6 +36,11 @@ POOL_TYPES = ("avg", "max")
 @dataclasses.dataclass(frozen=True)
 class ResNetSpec:
     """Everything that decides a network's layers; validated on construction.
+
+    Two fields say "block", after the ResNet papers and the command line (`--block`,
+    `--blocks 3 4 3`): `block` is the residual unit's type (basic, bottleneck, preact, res9,
+    fast), and `blocks[i]` is the number of those units in stage i. Neither is a plan entry:
+    those are `Part`s (budgetnet.models.blocks).
 
     blocks[i] and channels[i] describe stage i. For "bottleneck" the channels are the inner
     widths and a stage outputs channels[i] * expansion; for "res9" a stage is the ResNet-9
@@ -179,20 +185,20 @@ def _ints_at_least(values: tuple, minimum: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The plan: which blocks, in which order. Each block's layers are laid out by its class (blocks.py).
+# The plan: which parts, in which order. Each part's layers are laid out by its class (blocks.py).
 
 
 class Plan(NamedTuple):
-    stem: Block
-    stages: tuple[tuple[Block, ...], ...]
-    head: Block
+    stem: Part
+    stages: tuple[tuple[Part, ...], ...]  # per stage: its opening layer if any, then its units
+    head: Part
 
-    def named_blocks(self) -> Iterator[tuple[str, Block]]:
-        """(module path, block) in forward order; the paths are those of `build(spec)`."""
+    def named_parts(self) -> Iterator[tuple[str, Part]]:
+        """(module path, part) in forward order; the paths are those of `build(spec)`."""
         yield "stem", self.stem
         for i, stage in enumerate(self.stages):
-            for j, block in enumerate(stage):
-                yield f"stages.{i}.{j}", block
+            for j, part in enumerate(stage):
+                yield f"stages.{i}.{j}", part
         yield "head", self.head
 
 
@@ -200,17 +206,17 @@ class Plan(NamedTuple):
 def _stage(
     unit: type[ResidualUnit], cin: int, width: int, n_units: int, kernel: int, stride: int,
     size: int, shortcut: str, dropout: float, expansion: int,
-) -> tuple[Block, ...]:  # fmt: skip
-    """An opening block if the unit type has one (it downsamples), then the units; cached."""
+) -> tuple[Part, ...]:  # fmt: skip
+    """The opening layer if the unit type has one (it downsamples), then the units; cached."""
     stage = []
     if opening := unit.opening(cin, width, kernel, stride, size):
         stage.append(opening)
         cin, size, stride = width, opening.out_size, 1
     for i in range(n_units):
         unit_stride = stride if i == 0 else 1  # the first unit downsamples
-        block = unit.plan(cin, width, kernel, unit_stride, size, shortcut, dropout, expansion)
-        stage.append(block)
-        cin, size = block.out_channels, block.out_size
+        part = unit.plan(cin, width, kernel, unit_stride, size, shortcut, dropout, expansion)
+        stage.append(part)
+        cin, size = part.out_channels, part.out_size
     return tuple(stage)
 
 

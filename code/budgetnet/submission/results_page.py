@@ -34,7 +34,7 @@ class FinishedRun:
     """A run directory with its config.yaml and results.json, read and checked."""
 
     path: Path
-    config: dict
+    record: dict  # config.yaml (runs.read_config): settings, model, data, provenance
     results: dict
     spec: ResNetSpec
 
@@ -49,15 +49,15 @@ def check_run(run_dir: Path) -> FinishedRun:
             f"{run_dir}: not a finished run (missing {', '.join(missing)}); publish a run "
             "directory that `python code/train.py` completed"
         )
-    config = runs.read_config(run_dir)
+    record = runs.read_config(run_dir)
     results = runs.read_json(run_dir / "results.json")
     wanted = {"results.json": (results, ("epochs_run", "train_seconds"))}
-    wanted["config.yaml config"] = (config["config"], ("val_size", "seed"))
+    wanted["config.yaml settings"] = (record[runs.SETTINGS_KEY], ("val_size", "seed"))
     for where, (values, keys) in wanted.items():
         bad = [k for k in keys if not _is_number(values.get(k))]
         if bad:
             raise UserError(f"{run_dir}: {where} has no number for {', '.join(bad)}")
-    return FinishedRun(run_dir, config, results, ResNetSpec.from_dict(config["model"]))
+    return FinishedRun(run_dir, record, results, ResNetSpec.from_dict(record["model"]))
 
 
 def _is_number(value: Any) -> bool:
@@ -68,8 +68,9 @@ def _is_number(value: Any) -> bool:
 def run_row(run: FinishedRun, report: EvaluationReport) -> dict:
     """One row of the results table, from the run's own files and its evaluation report
     (which holds a corruption sweep, as `release.evaluate_release`'s always does)."""
-    config, results, spec = run.config, run.results, run.spec
-    provenance = config.get("provenance") if isinstance(config.get("provenance"), dict) else {}
+    settings, results, spec = run.record[runs.SETTINGS_KEY], run.results, run.spec
+    provenance = run.record.get("provenance")
+    provenance = provenance if isinstance(provenance, dict) else {}
     sweep = report.corruptions
     return {
         "run": run.path.name,
@@ -79,7 +80,7 @@ def run_row(run: FinishedRun, report: EvaluationReport) -> dict:
         "epochs": results["epochs_run"],
         "train_seconds": results["train_seconds"],
         "device": provenance.get("cpu") or f"CPU, model not recorded (published on {cpu_model()})",
-        "val_size": config["config"]["val_size"],
+        "val_size": settings["val_size"],
         "val_acc": results.get("val_acc"),
         "test_acc": {str(row.level): row.acc for row in report.tta},
         "corruptions": sweep.mean_by_corruption(),
@@ -87,7 +88,7 @@ def run_row(run: FinishedRun, report: EvaluationReport) -> dict:
         "corruption_clean": sweep.clean_acc,
         "command": provenance.get("command"),
         "git_revision": provenance.get("git_revision"),
-        "seed": config["config"]["seed"],
+        "seed": settings["seed"],
     }
 
 

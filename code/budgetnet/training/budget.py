@@ -134,7 +134,7 @@ def _time_inference(session, clock: Callable[[], float]) -> float:
     run = functools.partial(
         infer,
         s.model,
-        normalization=s.splits.normalization,
+        preprocessing=s.preprocessing,
         device=s.device,
         amp=s.config.runtime.amp,
     )

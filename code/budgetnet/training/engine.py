@@ -2,8 +2,9 @@
 
 One short function over four steps, no framework:
 
-    setup        data, model, EMA, optimizer, schedule, batches: a `Session` (the LR range
-                 test shares it)
+    setup        data, model, EMA, optimizer, schedule, batches: a `Session` built from
+                 `build_data`, `build_model` and `build_optimization` (the LR range test
+                 shares it)
     train_epoch  per step: this step's lr, augment the batch on the device, forward under
                  autocast, backward, step, Lookahead, EMA
     end_epoch    validate with the shared `infer()`, keep the best model as a release, count
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from budgetnet import runs
-from budgetnet.data.normalization import Normalization, normalize
+from budgetnet.data.normalization import Preprocessing
 from budgetnet.data.sources import DataSplits, ImageSet, load_splits
 from budgetnet.errors import UserError, shorten
 from budgetnet.evaluation.figures import confusion_figure, save_figure, write_history_plots
@@ -101,24 +102,10 @@ def set_rng_state(state: dict) -> None:
 def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0) -> dict:
     """`metrics` of the probabilities of the shared `infer()` on a labeled split."""
     probs = infer(
-        model, images.images, session.splits.normalization, tta=tta,
+        model, images.images, session.preprocessing, tta=tta,
         device=session.device, amp=session.config.runtime.amp,
     )  # fmt: skip
     return metrics(probs.numpy(), images.labels)
-
-
-def normalization(config: TrainConfig, splits: DataSplits) -> Normalization:
-    """The training images' own mean/std, or ImageNet's (`--normalize imagenet`, the 224 px
-    recipes)."""
-    if config.dataset.normalize == "data":
-        return splits.normalization
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    return Normalization(
-        IMAGENET_DEFAULT_MEAN,
-        IMAGENET_DEFAULT_STD,
-        "ImageNet mean/std, as torchvision's pretrained models use (timm IMAGENET_DEFAULT_*)",
-    )
 
 
 def train_step(
@@ -174,27 +161,50 @@ def model_name(spec: ResNetSpec) -> str:
 # setup: everything a run needs, made once
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class Network:
+    """The model a run trains, as `build_model` makes it."""
+
+    spec: ResNetSpec  # num_classes from the data
+    model: nn.Module  # the network itself: its state is saved and resumed
+    trained: nn.Module  # what steps: the model, wrapped by DDP and torch.compile if asked
+    ema: nn.Module | None  # timm ModelEmaV3
+    stem: nn.Conv2d | None  # a whitening stem, whose bias trains for whiten_bias_epochs only
+    init_seconds: float  # the data-dependent initialisation's, counted as training time
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimization:
+    """How the model's weights move, as `build_optimization` makes it."""
+
+    optimizer: torch.optim.Optimizer
+    set_lr: Callable[[int], float]  # sets and returns the learning rate of a step
+    lookahead: Lookahead | None
+    average: WeightAverage | None  # --swa
+
+
+@dataclass(kw_only=True)
 class Session:
     """What `setup` makes and every later step uses."""
 
     config: TrainConfig
     spec: ResNetSpec
     splits: DataSplits
+    preprocessing: Preprocessing  # what validation feeds the model; the release stores it
     device: torch.device
     ddp: distributed.Distributed
-    model: nn.Module  # the network itself: its state is saved and resumed
-    trained: nn.Module  # what steps: the model, wrapped by DDP and torch.compile if asked
-    ema: nn.Module | None  # timm ModelEmaV3
+    model: nn.Module
+    trained: nn.Module
+    ema: nn.Module | None
+    stem: nn.Conv2d | None
+    init_seconds: float  # set again on resume, from the state the first start saved
     optimizer: torch.optim.Optimizer
+    set_lr: Callable[[int], float]
+    lookahead: Lookahead | None
+    average: WeightAverage | None
     batches: object  # budgetnet.training.augment's device or worker batches
     augment: BatchAugment
     objective: Objective
-    set_lr: Callable[[int], float]
-    lookahead: Lookahead | None
-    stem: nn.Conv2d | None  # a whitening stem, whose bias trains for whiten_bias_epochs only
-    average: WeightAverage | None  # --swa
-    init_seconds: float
     runtime: str  # threads, allocator and precision, for the log
     log: Callable[[str], None] = print
 
@@ -221,15 +231,73 @@ def setup(
     its EMA, optimizer, schedule, batches and augmentation, on the configured device. `ddp`:
     the process group a caller has already joined (fit does, before its tracker)."""
     ddp = ddp if ddp is not None else distributed.init_distributed(config.runtime.device)
-    device = resolve_device(config.runtime.device)
-    if device.type == "cuda" and ddp.world > 1:
-        device = torch.device("cuda", ddp.local_rank)
+    device = _device(config, ddp)
     runtime = _runtime(config, device)  # threads and allocator first: they speed up the rest
     seed_everything(config.runtime.seed + ddp.rank)
-    splits = splits or load_data(config)
-    splits = replace(splits, normalization=normalization(config, splits))
+    splits = build_data(config, splits)
     if config.dataset.val_size is None:  # the run records the count the default held out
-        config = config.with_values(val_size=splits.notes.get("val_size", 0))
+        config = config.with_values(val_size=splits.provenance.val_size)
+    network = build_model(config, spec, splits, device, ddp, initialise=initialise, log=log)
+    spec = network.spec
+    batches = _batches(config, splits, device, ddp)
+    optimization = build_optimization(config, network.model, len(batches))
+    return Session(
+        config=config,
+        spec=spec,
+        splits=splits,
+        preprocessing=Preprocessing(
+            spec.input_size, config.runtime.channels_last, splits.normalization
+        ),
+        device=device,
+        ddp=ddp,
+        model=network.model,
+        trained=network.trained,
+        ema=network.ema,
+        stem=network.stem,
+        init_seconds=network.init_seconds,
+        optimizer=optimization.optimizer,
+        set_lr=optimization.set_lr,
+        lookahead=optimization.lookahead,
+        average=optimization.average,
+        batches=batches,
+        augment=BatchAugment(
+            config, splits.normalization, spec.num_classes, spec.input_size, device
+        ),
+        objective=Objective(config, _teacher(config, splits, spec.input_size, device)),
+        runtime=runtime,
+        log=log,
+    )
+
+
+def build_data(config: TrainConfig, splits: DataSplits | None = None) -> DataSplits:
+    """The splits `config` asks for (train, validation held out from it, test), normalised as
+    it says; `splits` already loaded (one load for many runs) are only renormalised."""
+    if splits is not None:
+        return splits.normalized(config.dataset.normalize)
+    dataset = config.dataset
+    return load_splits(
+        dataset.data,
+        val_size=dataset.val_size,
+        max_per_class=dataset.max_per_class,
+        seed=config.runtime.seed,
+        train_splits=dataset.train_splits,
+        normalize=dataset.normalize,
+    )
+
+
+def build_model(
+    config: TrainConfig,
+    spec: ResNetSpec,
+    splits: DataSplits,
+    device: torch.device,
+    ddp: distributed.Distributed,
+    *,
+    initialise: bool = True,
+    log: Callable[[str], None] = print,
+) -> Network:
+    """`spec`'s network for the data's classes, initialised from the training images unless
+    resuming (`initialise` False: the weights will be loaded), on `device` in the configured
+    memory order, with its EMA and its training wrapper."""
     if spec.num_classes != len(splits.train.classes):
         log(f"model: num_classes set to {len(splits.train.classes)} from the data")
         spec = replace(spec, num_classes=len(splits.train.classes))
@@ -237,6 +305,37 @@ def setup(
     model = build(spec)
     init_seconds = init_model(model, spec, splits, config.runtime.seed) if initialise else 0.0
     model = model.to(device, memory_format=_memory_format(config))
+    return Network(
+        spec=spec,
+        model=model,
+        trained=_wrap(model, config, ddp, device),
+        ema=_ema(model, config),
+        stem=whitened_stem(model, spec),
+        init_seconds=init_seconds,
+    )
+
+
+def build_optimization(config: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Optimization:
+    """The optimizer of `model`, its learning-rate schedule, Lookahead and SWA as configured."""
+    optimizer = make_optimizer(config, model)
+    return Optimization(
+        optimizer=optimizer,
+        set_lr=make_schedule(config, optimizer, steps_per_epoch),
+        lookahead=_lookahead(model, config, steps_per_epoch),
+        average=WeightAverage(model, config) if config.averaging.swa else None,
+    )
+
+
+def _device(config: TrainConfig, ddp: distributed.Distributed) -> torch.device:
+    """The configured device; under DDP on CUDA, this process's own GPU."""
+    device = resolve_device(config.runtime.device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)
+    return device
+
+
+def _batches(config: TrainConfig, splits: DataSplits, device: torch.device, ddp):
+    """This process's share of the training images, batched, on the device or from workers."""
     batches = make_batches(
         splits.train.images, splits.train.labels, config, device, ddp.rank, ddp.world
     )
@@ -245,16 +344,7 @@ def setup(
             f"{len(splits.train)} training images make no batch of {config.optimizer.batch_size}; "
             "lower --batch-size"
         )
-    optimizer = make_optimizer(config, model)
-    return Session(
-        config, spec, splits, device, ddp, model, _wrap(model, config, ddp, device),
-        _ema(model, config), optimizer, batches,
-        BatchAugment(config, splits.normalization, spec.num_classes, spec.input_size, device),
-        Objective(config, _teacher(config, splits, spec.input_size, device)),
-        make_schedule(config, optimizer, len(batches)), _lookahead(model, config, len(batches)),
-        whitened_stem(model, spec), WeightAverage(model, config) if config.averaging.swa else None,
-        init_seconds, runtime, log,
-    )  # fmt: skip
+    return batches
 
 
 def _check_progressive(config: TrainConfig, spec: ResNetSpec) -> None:
@@ -270,17 +360,6 @@ def _check_progressive(config: TrainConfig, spec: ResNetSpec) -> None:
         replace(spec, input_size=start).plan  # noqa: B018 - laying out checks the map sizes
     except UserError as error:
         raise UserError(f"progressive_size {start} is too small for this model: {error}") from None
-
-
-def load_data(config: TrainConfig) -> DataSplits:
-    """The splits `config` asks for (train, validation held out from it, test)."""
-    return load_splits(
-        config.dataset.data,
-        val_size=config.dataset.val_size,
-        max_per_class=config.dataset.max_per_class,
-        seed=config.runtime.seed,
-        train_splits=config.dataset.train_splits,
-    )
 
 
 def _runtime(config: TrainConfig, device: torch.device) -> str:
@@ -351,9 +430,9 @@ class Progress:
 def run_record(session: Session, argv: list[str] | None) -> dict:
     """config.yaml's content: the settings, the model, the data and its provenance."""
     return {
-        "config": session.config.flat(),
+        runs.SETTINGS_KEY: session.config.flat(),
         "model": session.spec.to_dict(),
-        "data": session.splits.notes,
+        "data": session.splits.provenance.to_dict(),
         "normalization": session.splits.normalization.to_dict(),
         "provenance": runs.provenance(session.config.runtime.seed, argv),
     }
@@ -491,10 +570,7 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
     if s.average.count == 0:  # it would hold the starting weights: nothing trained is in it
         s.log("SWA: no epoch reached --swa-start; the best epoch's release stays")
         return
-    inputs = (
-        normalize(images, s.splits.normalization, s.spec.input_size, s.config.runtime.channels_last)
-        for images, _ in s.batches.epoch(progress.epoch)
-    )
+    inputs = (s.preprocessing(images) for images, _ in s.batches.epoch(progress.epoch))
     model = s.average.finish(inputs, s.device)
     val = validate(model, s.splits.val, s) if s.splits.val is not None else {}
     scores = {"epoch": progress.epoch, "swa_epochs": s.average.count}
@@ -511,7 +587,7 @@ def _save_release(s: Session, model: nn.Module, scores: dict, run_dir: Path, rec
     }  # fmt: skip
     checkpoint.save_release(
         run_dir / checkpoint.BEST_DIR, model, s.splits.train.classes,
-        s.splits.normalization, scores, provenance, half=s.config.outputs.release_half,
+        s.preprocessing, scores, provenance, half=s.config.outputs.release_half,
     )  # fmt: skip
 
 
@@ -563,7 +639,7 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
     if s.splits.test is not None:
         for tta in sorted({0, s.config.evaluation.tta}):  # the configured level last
             probs = infer(
-                release.model, s.splits.test.images, s.splits.normalization, tta=tta,
+                release.model, s.splits.test.images, release.preprocessing, tta=tta,
                 device=s.device, amp=s.config.runtime.amp,
             )  # fmt: skip
             scored = metrics(probs.numpy(), s.splits.test.labels)
@@ -621,7 +697,7 @@ def fit(
     ddp = distributed.init_distributed(config.runtime.device)
     tracker = Tracker(config, enabled=ddp.main)  # a missing tracking library stops us here
     if config.schedule.time_budget is not None and resume is None:
-        splits = splits or load_data(config)
+        splits = build_data(config, splits)
         config = _fit_budget(config, spec, splits, ddp, started, log)
     config, note = short_run_warmup(config)
     if note:

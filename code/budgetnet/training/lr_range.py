@@ -26,11 +26,12 @@ def lr_range_test(
     start_lr: float = 1e-6,
     end_lr: float = 10.0,
     steps: int = 200,
-    smoothing: float = 0.95,
+    loss_ema: float = 0.95,
     blowup: float = 4.0,
 ) -> dict:
-    """Losses (raw and exponentially smoothed) per learning rate; stops early once the
-    smoothed loss exceeds `blowup` times its minimum. Returns the curve and a suggestion."""
+    """Losses (raw, and as a bias-corrected moving average of weight `loss_ema`) per learning
+    rate; stops early once that average exceeds `blowup` times its minimum. Returns the curve
+    and a suggestion."""
     if not 0 < start_lr < end_lr or steps < 1:
         raise UserError(
             f"the range test needs 0 < start lr < end lr and at least one step "
@@ -56,10 +57,10 @@ def lr_range_test(
                 config.runtime.amp,
             )
             value = loss.item()
-            average = smoothing * average + (1 - smoothing) * value
+            average = loss_ema * average + (1 - loss_ema) * value
             lrs.append(lr)
             losses.append(value)
-            smoothed.append(average / (1 - smoothing ** len(lrs)))  # bias-corrected
+            smoothed.append(average / (1 - loss_ema ** len(lrs)))  # bias-corrected
             if (
                 not math.isfinite(value)
                 or smoothed[-1] > blowup * min(smoothed)

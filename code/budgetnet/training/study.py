@@ -232,6 +232,10 @@ def default_storage(name: str) -> str:
     return f"sqlite:///runs/search/{name}.db"
 
 
+def _first_line(exc: Exception) -> str:
+    return shorten(" ".join(str(exc).split("\n")[0].split()), 160)
+
+
 def open_study(name: str, url: str, fingerprint: str, seed: int | None, pruner):
     """The study `name` in storage `url` (made if new), refused if made for another space."""
     import optuna
@@ -259,15 +263,18 @@ def open_study(name: str, url: str, fingerprint: str, seed: int | None, pruner):
             if made_for is None:
                 study.set_user_attr(SPACE_ATTR, fingerprint)
             break
-        except sqlalchemy.exc.IntegrityError:
-            # Workers started together on a new database race to create Optuna's tables; the
-            # loser finds them made on its next try.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            # Workers started together on a new database race to create Optuna's tables
+            # (PostgreSQL: a duplicate key; SQLite: "table ... already exists"); the loser
+            # finds them made on its next try. Any other operational error is the storage's.
+            racing = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
+            if not racing:
+                raise UserError(f"cannot open study storage {shown}: {_first_line(exc)}") from None
             if attempt == 4:
                 raise UserError(f"cannot create the study tables in {shown}") from None
             time.sleep(0.5 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-            message = " ".join(str(exc).split("\n")[0].split())
-            raise UserError(f"cannot open study storage {shown}: {shorten(message, 160)}") from None
+            raise UserError(f"cannot open study storage {shown}: {_first_line(exc)}") from None
     if made_for is not None and made_for != fingerprint:
         raise UserError(
             f"study {name!r} in {shown} was made for another space or schedule "

@@ -54,7 +54,10 @@ def _require(module: str, flag: str, package: str):
 def _flat(written: dict, parameters: int) -> dict:
     """The hyperparameters as one flat mapping of scalars: training settings by their names,
     model spec fields as model.<name>."""
-    values = {**written["config"], **{f"model.{k}": v for k, v in written["model"].items()}}
+    values = {
+        **written[runs.SETTINGS_KEY],
+        **{f"model.{k}": v for k, v in written["model"].items()},
+    }
     values["model.parameters"] = parameters
     return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
 
@@ -230,7 +233,7 @@ class TrainingLog:
             pngs = sorted(self.run_dir.glob("*.png"))
             lines += ["## Results (results.json)", "", *_metrics_table(results), ""]
             lines += ["## Plots", "", *[f"![{png.stem}]({png.name})" for png in pngs], ""]
-        settings = {**w["config"], **{f"model.{k}": v for k, v in model.items()}}
+        settings = {**w[runs.SETTINGS_KEY], **{f"model.{k}": v for k, v in model.items()}}
         lines += [
             "## Settings",
             "",

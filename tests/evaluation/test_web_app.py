@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from budgetnet.data.normalization import Normalization
+from budgetnet.data.normalization import Normalization, Preprocessing
 from budgetnet.data.sources import ImageSet
 from budgetnet.evaluation.ensemble import load_ensemble
 from budgetnet.models.builder import build
@@ -47,7 +47,8 @@ def release(tmp_path_factory) -> Path:
         next(m for m in model.modules() if isinstance(m, nn.Linear)).weight.mul_(30)
     folder = tmp_path_factory.mktemp("release")
     normalization = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
-    return save_release(folder, model, CIFAR10_CLASSES, normalization, {}, {})
+    preprocessing = Preprocessing(32, True, normalization)
+    return save_release(folder, model, CIFAR10_CLASSES, preprocessing, {}, {})
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +70,10 @@ def upload(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classify(release):
     """The demo's prediction function, in this process: what the served page must answer."""
-    demo = pytest.importorskip(
-        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    web_app = pytest.importorskip(
+        "budgetnet.evaluation.web_app", reason="gradio is not installed (the app extra)"
     )
-    return demo.Classifier(load_ensemble([release], demo.CPU), tta=1)
+    return web_app.Classifier(load_ensemble([release], web_app.CPU), tta=1)
 
 
 def _free_port() -> int:
@@ -149,28 +150,28 @@ def _image_set(count: int, classes: list[str]) -> ImageSet:
 
 
 def test_examples_take_the_classes_in_turn():
-    demo = pytest.importorskip(
-        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    web_app = pytest.importorskip(
+        "budgetnet.evaluation.web_app", reason="gradio is not installed (the app extra)"
     )
     test = _image_set(12, ["a", "b", "c"])  # labels 0 0 0 0 1 1 1 1 2 2 2 2
-    assert demo.pick_examples(test, 5).tolist() == [0, 4, 8, 1, 5]
-    assert demo.pick_examples(test, 20).tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    assert web_app.pick_examples(test, 5).tolist() == [0, 4, 8, 1, 5]
+    assert web_app.pick_examples(test, 20).tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
 
 
 def test_examples_come_from_the_test_split(test_folder, tmp_path, monkeypatch):
-    demo = pytest.importorskip(
-        "budgetnet.evaluation.demo", reason="gradio is not installed (the app extra)"
+    web_app = pytest.importorskip(
+        "budgetnet.evaluation.web_app", reason="gradio is not installed (the app extra)"
     )
     monkeypatch.setenv("BUDGETNET_CACHE", str(tmp_path / "cache"))
-    examples = demo.load_examples(str(test_folder), 10, CIFAR10_CLASSES)
+    examples = web_app.load_examples(str(test_folder), 10, CIFAR10_CLASSES)
     assert examples.labels.tolist() == list(range(10))
-    assert demo.load_examples(str(test_folder), 0, CIFAR10_CLASSES) is None
-    with pytest.raises(demo.UserError, match="differ from the model's"):
-        demo.load_examples(str(test_folder), 10, CIFAR10_CLASSES[::-1])
+    assert web_app.load_examples(str(test_folder), 0, CIFAR10_CLASSES) is None
+    with pytest.raises(web_app.UserError, match="differ from the model's"):
+        web_app.load_examples(str(test_folder), 10, CIFAR10_CLASSES[::-1])
     # No --data and nothing at the default places: no examples rather than a download.
     monkeypatch.delenv("BUDGETNET_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert demo.load_examples(None, 10, CIFAR10_CLASSES) is None
+    assert web_app.load_examples(None, 10, CIFAR10_CLASSES) is None
 
 
 def test_uploads_are_resized_as_the_data_layer_reads_images(classify, upload):
@@ -232,7 +233,7 @@ def test_browser_uploads_an_image_and_reads_the_labels(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from budgetnet.evaluation.demo import IMAGE_ID, LABEL_ID
+    from budgetnet.evaluation.web_app import IMAGE_ID, LABEL_ID
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
