@@ -5,7 +5,8 @@ values pushed toward 1 by a few quintic Newton-Schulz iterations on the filter r
 out x (in * k * k)), and the filter is renormalised to norm sqrt(out_channels) before the step,
 which a BatchNorm after every convolution makes harmless and which keeps the effective step
 size constant. timm's `Muon` computes the iteration in bf16 only, which CPUs without native
-bf16 emulate about 400x slower than float32; here the dtype follows the hardware.
+bf16 emulate about 400x slower than float32; here the dtype follows the hardware. torch's
+`torch.optim.Muon` takes 2-D parameters only and does not renormalise the filters.
 """
 
 from __future__ import annotations

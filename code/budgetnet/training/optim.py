@@ -4,6 +4,8 @@ Parameter groups: weights (decayed), BatchNorm biases (lr x bias_lr_scale) and t
 BatchNorm and bias parameters (decayed only with bias_decay). Frozen parameters (the whitening
 stem's filters, the fixed BatchNorm scales of fast networks) are left out. With `opt muon` the
 convolution filters go to Muon and the rest to SGD, stepped together as one optimizer.
+timm's `param_groups_weight_decay` makes the decay/no-decay split only: the BN biases' own
+learning rate (airbench's 64x) and the decay kept per step need the groups below.
 """
 
 from __future__ import annotations
