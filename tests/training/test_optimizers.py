@@ -15,7 +15,7 @@ from budgetnet.training.config import recipe_config
 from budgetnet.training.muon import Muon, orthogonalize
 from budgetnet.training.objective import Objective
 
-from tiny import NORM
+from tiny import PREPROCESSING
 
 FAST = recipe_config("fast")
 
@@ -83,7 +83,7 @@ def test_frozen_parameters_sit_the_step_out():
     model = build(model_spec("fastres_s"))
     config = FAST.with_values(batch_size=8)
     optimizer = optim.make_optimizer(config, model)
-    augment = BatchAugment(config, NORM, 10, 32, torch.device("cpu"))
+    augment = BatchAugment(config, PREPROCESSING, 10, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     bias, head = model.stem.conv.bias.detach().clone(), model.head.fc.weight.detach().clone()
     objective = Objective(config)

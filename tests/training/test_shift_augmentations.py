@@ -5,6 +5,8 @@ AugMix's Jensen-Shannon batches, with a tiny run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from budgetnet.training.config import JSD_SPLITS, TrainConfig, merge
 from budgetnet.training.objective import Objective
 
 from cifar_files import random_images
-from tiny import NORM, TINY_SPEC, tiny_config, tiny_release_run
+from tiny import NORM, PREPROCESSING, TINY_SPEC, tiny_config, tiny_release_run
 
 CPU = torch.device("cpu")
 
@@ -34,10 +36,10 @@ def pixels(x: torch.Tensor) -> torch.Tensor:
 def test_noise_reaches_exactly_its_fraction_of_the_batch_at_most_at_its_scale(fraction):
     torch.manual_seed(0)
     config = TrainConfig().with_values(reprob=0, noise_prob=fraction, noise_std=0.1)
-    clean, _ = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, None, CPU)(
+    clean, _ = BatchAugment(TrainConfig().with_values(reprob=0), PREPROCESSING, 10, CPU)(
         grey_batch(), None
     )
-    noisy, _ = BatchAugment(config, NORM, 10, None, CPU)(grey_batch(), None)
+    noisy, _ = BatchAugment(config, PREPROCESSING, 10, CPU)(grey_batch(), None)
     changed = (noisy != clean).flatten(1).any(1)
     assert changed.sum() == round(fraction * 40)
     assert torch.equal(noisy[~changed], clean[~changed])  # the rest stay clean
@@ -63,7 +65,7 @@ def test_noise_is_clipped_to_the_valid_pixel_range_and_seeded():
 def test_random_erasing_cuts_areas_within_timms_range():
     torch.manual_seed(0)
     config = TrainConfig().with_values(reprob=1.0, remode="const")
-    x, _ = BatchAugment(config, NORM, 10, None, CPU)(
+    x, _ = BatchAugment(config, PREPROCESSING, 10, CPU)(
         torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), None
     )
     area = (x == 0).all(dim=1).flatten(1).float().mean(1)  # the mean colour is 0 after NORM
@@ -76,7 +78,7 @@ def test_mixup_blends_each_image_with_its_mirror_in_the_batch_by_one_weight():
     images = torch.arange(8, dtype=torch.uint8).mul(30).view(8, 1, 1, 1).expand(8, 3, 4, 4)
     labels = torch.arange(8)
     config = TrainConfig().with_values(reprob=0, mixup=1.0, smoothing=0.0)
-    x, target = BatchAugment(config, NORM, 10, None, CPU)(images.contiguous(), labels)
+    x, target = BatchAugment(config, PREPROCESSING, 10, CPU)(images.contiguous(), labels)
     value = pixels(x)[:, 0, 0, 0]
     own = images[:, 0, 0, 0].float() / 255
     lam = ((value[0] - own[7]) / (own[0] - own[7])).item()
@@ -110,7 +112,7 @@ def test_progressive_resizing_shrinks_each_epochs_batches_with_antialiasing(cifa
     seen = []
     config = tiny_config(cifar, tmp_path, epochs=2, progressive_size=16, progressive_until=0.5)
     session = engine.setup(config, TINY_SPEC, log=lambda line: None)
-    hook = session.model.stem.register_forward_pre_hook(
+    hook = session.network.model.stem.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].shape[-1]) if module.training else None
     )
     for epoch in range(2):
@@ -120,7 +122,9 @@ def test_progressive_resizing_shrinks_each_epochs_batches_with_antialiasing(cifa
     assert seen == [16] * steps + [32] * steps
     stripes = torch.zeros((1, 3, 32, 32), dtype=torch.uint8)
     stripes[..., ::2] = 200
-    augment = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, 20, CPU)
+    augment = BatchAugment(
+        TrainConfig().with_values(reprob=0), replace(PREPROCESSING, size=20), 10, CPU
+    )
     small = pixels(augment(stripes, None)[0])
     assert small.shape[-1] == 20  # plain bilinear would give stripes of 20..180 here
     assert torch.allclose(small, torch.full_like(small, 100 / 255), atol=0.08)
@@ -167,7 +171,7 @@ def test_jsd_batches_hold_the_clean_views_first_and_the_loss_takes_them():
     batches = WorkerBatches(images, labels, config, CPU)
     x, y = next(iter(batches.epoch(0)))
     assert x.shape == (JSD_SPLITS * 4, 3, 32, 32) and x.dtype == torch.uint8 and y.shape == (4,)
-    augment = BatchAugment(config, NORM, 10, 32, CPU)
+    augment = BatchAugment(config, PREPROCESSING, 10, CPU)
     inputs, target = augment(x, y)
     assert inputs.shape == x.shape and torch.equal(target, y)
     loss = Objective(config)(torch.randn(JSD_SPLITS * 4, 10), target, inputs)

@@ -35,7 +35,7 @@ from budgetnet.training.objective import Objective
 
 from cifar_files import write_cifar10
 from conftest import REPO
-from tiny import NORM, TRAIN_FLAGS, tiny_config
+from tiny import PREPROCESSING, TRAIN_FLAGS, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -234,16 +234,18 @@ def test_random_crop_matches_a_padded_window():
 def test_batch_augment_normalises_erases_and_mixes():
     images = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
     labels = torch.arange(8)
-    plain = BatchAugment(TrainConfig().with_values(reprob=0), NORM, 10, None, torch.device("cpu"))
+    plain = BatchAugment(
+        TrainConfig().with_values(reprob=0), PREPROCESSING, 10, torch.device("cpu")
+    )
     x, y = plain(images, labels)
     assert torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=1e-6)
     assert torch.equal(y, labels) and x.is_contiguous(memory_format=torch.channels_last)
     erased, _ = BatchAugment(
-        TrainConfig().with_values(reprob=1.0), NORM, 10, None, torch.device("cpu")
+        TrainConfig().with_values(reprob=1.0), PREPROCESSING, 10, torch.device("cpu")
     )(images, labels)
     assert (erased != x).any(dim=(1, 2, 3)).all()  # every image got a patch
     mixed = BatchAugment(
-        TrainConfig().with_values(mixup=0.8, smoothing=0.1), NORM, 10, None, torch.device("cpu")
+        TrainConfig().with_values(mixup=0.8, smoothing=0.1), PREPROCESSING, 10, torch.device("cpu")
     )
     _, soft = mixed(images, labels)
     assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8))
@@ -268,11 +270,8 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
     images, labels = next(iter(session.batches.epoch(0)))
     x, _ = session.augment(images, labels)
     assert x.is_contiguous(memory_format=wanted) and not x.is_contiguous(memory_format=other)
-    direct, _ = BatchAugment(config, NORM, 10, None, torch.device("cpu"))(images, labels)
-    assert direct.is_contiguous(memory_format=wanted)
-    assert not direct.is_contiguous(memory_format=other)
 
-    convs = [m for m in session.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in session.network.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(conv.weight.is_contiguous(memory_format=wanted) for conv in convs)
     spatial = [conv for conv in convs if conv.kernel_size != (1, 1)]  # 1x1: both orders at once
     assert spatial and not any(conv.weight.is_contiguous(memory_format=other) for conv in spatial)
@@ -280,7 +279,7 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
     fed = []
     hook = convs[0].register_forward_pre_hook(lambda module, args: fed.append(args[0]))
     try:
-        infer(session.model, splits.test.images[:4], session.preprocessing, tta=0)
+        infer(session.network.model, splits.test.images[:4], session.preprocessing, tta=0)
     finally:
         hook.remove()
     assert len(fed) == 1 and fed[0].shape == (4, 3, 32, 32)
@@ -288,7 +287,7 @@ def test_channels_last_setting_decides_the_memory_order_of_batches_model_and_inf
     assert not fed[0].is_contiguous(memory_format=other)
 
     record = {"provenance": {}, "data": splits.provenance.to_dict()}
-    engine._save_release(session, session.model, {}, tmp_path, record)
+    engine._save_release(session, session.network.model, {}, tmp_path, record)
     release = checkpoint.load_release(tmp_path)
     assert release.preprocessing == session.preprocessing
     assert release.model.stem.conv.weight.is_contiguous(memory_format=wanted)
@@ -311,8 +310,8 @@ def test_with_ema_the_averaged_weights_are_what_is_validated_and_released(cifar,
     config = tiny_config(cifar, tmp_path, epochs=1, ema=True, ema_decay=0.9)
     session = engine.setup(config, ResNetSpec((1,), (8,)), log=lambda line: None)
     engine.train_epoch(session, 0, _Silent())
-    averaged, raw = session.evaluated.state_dict(), session.model.state_dict()
-    assert session.evaluated is session.ema.module
+    averaged, raw = session.evaluated.state_dict(), session.network.model.state_dict()
+    assert session.evaluated is session.network.ema.module
     weights = [k for k, v in raw.items() if v.is_floating_point() and "running" not in k]
     assert any(not torch.equal(averaged[k], raw[k]) for k in weights)  # it lags the weights
 
@@ -592,12 +591,14 @@ def test_per_image_augmentations_need_workers():
 def test_cutout_erases_one_fixed_square_with_the_mean_colour():
     images = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
     config = TrainConfig().with_values(reprob=1.0, remode="const", cutout=16)
-    x, _ = BatchAugment(config, NORM, 10, None, torch.device("cpu"))(images, torch.arange(4))
+    x, _ = BatchAugment(config, PREPROCESSING, 10, torch.device("cpu"))(images, torch.arange(4))
     for image in x:
         hole = (image == 0).all(dim=0)  # zero after normalisation: the mean colour
         rows, cols = hole.any(dim=1).nonzero(), hole.any(dim=0).nonzero()
         assert hole.sum() == 16 * 16 and len(rows) == len(cols) == 16
-    resized = BatchAugment(config, NORM, 10, 64, torch.device("cpu"))(images, torch.arange(4))[0]
+    resized = BatchAugment(
+        config, dataclasses.replace(PREPROCESSING, size=64), 10, torch.device("cpu")
+    )(images, torch.arange(4))[0]
     assert (resized[0] == 0).all(dim=0).sum() == 32 * 32  # the same share of a resized image
 
 
@@ -643,7 +644,11 @@ def test_imagenet_normalisation_is_used_when_asked_also_for_splits_loaded_before
         session = engine.setup(config, ResNetSpec((1,), (8,)), splits, log=lambda line: None)
         normalization = session.preprocessing.normalization
         assert normalization.mean == IMAGENET_DEFAULT_MEAN and "ImageNet" in normalization.source
-        assert session.augment.normalization == normalization == session.splits.normalization
+        assert (
+            session.augment.preprocessing.normalization
+            == normalization
+            == session.splits.normalization
+        )
     plain = engine.setup(tiny_config(cifar, tmp_path), ResNetSpec((1,), (8,)), own)
     assert plain.splits is own and plain.preprocessing.normalization == own.normalization
 
@@ -657,8 +662,8 @@ def test_a_session_and_its_parts_are_built_by_keyword_only(cifar, tmp_path):
             built(*[None] * len(dataclasses.fields(built)))
     config = tiny_config(cifar, tmp_path, lookahead=5, swa=True)
     session = engine.setup(config, ResNetSpec((1,), (8,)), log=lambda line: None)
-    assert isinstance(session.lookahead, engine.Lookahead)
-    assert isinstance(session.average, engine.WeightAverage)
+    assert isinstance(session.optimization.lookahead, engine.Lookahead)
+    assert isinstance(session.optimization.average, engine.WeightAverage)
 
 
 def test_top5_is_scored_for_more_than_ten_classes():

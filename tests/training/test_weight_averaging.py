@@ -138,7 +138,7 @@ def test_a_resumed_swa_run_carries_on_the_saved_average(cifar, tmp_path, monkeyp
     def end_then_stop(s, progress, row, *rest):
         stop = end_epoch(s, progress, row, *rest)
         if row["epoch"] == 0:
-            assert s.average.count == 1
+            assert s.optimization.average.count == 1
             raise _Interrupted
         return stop
 

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from budgetnet.data.normalization import (
     Normalization,
+    Preprocessing,
     as_uint8_nchw,
     channel_statistics,
-    normalize,
 )
 from budgetnet.data.sources import IMAGE_SIZE
 from budgetnet.errors import UserError
@@ -321,17 +321,16 @@ class BatchAugment:
     def __init__(
         self,
         config: TrainConfig,
-        normalization: Normalization,
+        preprocessing: Preprocessing,
         num_classes: int,
-        image_size: int | None,
         device: torch.device,
     ) -> None:
         from timm.data import Mixup
         from timm.data.random_erasing import RandomErasing
 
         augment = config.augment
-        self.normalization, self.image_size = normalization, image_size
-        self.channels_last = config.runtime.channels_last  # the model's memory order (engine.setup)
+        # The model's: its size replaced epoch by epoch under progressive resizing.
+        self.preprocessing = preprocessing
         self.noise = (augment.noise_prob, augment.noise_std)
         self.erase = None
         if augment.reprob:
@@ -360,9 +359,9 @@ class BatchAugment:
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        x = normalize(images, self.normalization, self.image_size, self.channels_last)
+        x = self.preprocessing(images)
         if self.noise[0]:
-            x = gaussian_noise(x, *self.noise, self.normalization)
+            x = gaussian_noise(x, *self.noise, self.preprocessing.normalization)
         if self.erase is not None:
             x = self.erase(x)
         if self.mix is not None:
@@ -377,6 +376,7 @@ def augmented_samples(batches, augment: BatchAugment, count: int = 32) -> torch.
     Drawing them uses the global RNGs (RandomErasing, Mixup): call it after training."""
     images, labels = next(iter(batches.epoch(0)))
     x, _ = augment(images[:count], labels[:count])
-    mean = torch.tensor(augment.normalization.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(augment.normalization.std, device=x.device).view(1, 3, 1, 1)
+    normalization = augment.preprocessing.normalization
+    mean = torch.tensor(normalization.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=x.device).view(1, 3, 1, 1)
     return (x.float() * std + mean).clamp(0, 1).cpu()

@@ -96,7 +96,7 @@ def epochs_within(
 def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
     """Seconds per optimizer step over MEASURED_STEPS steps, after WARMUP_STEPS."""
     s = session
-    s.model.train()
+    s.network.model.train()
     wanted = WARMUP_STEPS + MEASURED_STEPS
     batches = _cycle(s.batches, wanted)
     start = None
@@ -104,9 +104,9 @@ def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
         if i == WARMUP_STEPS:
             _synchronize(s.device)
             start = clock()
-        s.set_lr(0)
+        s.optimization.set_lr(0)
         step(
-            s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device,
+            s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels, s.device,
             s.config.runtime.amp,
         )  # fmt: skip
     _synchronize(s.device)
@@ -133,7 +133,7 @@ def _time_inference(session, clock: Callable[[], float]) -> float:
     images = source.images[:VAL_SAMPLE]
     run = functools.partial(
         infer,
-        s.model,
+        s.network.model,
         preprocessing=s.preprocessing,
         device=s.device,
         amp=s.config.runtime.amp,

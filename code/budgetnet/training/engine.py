@@ -188,20 +188,12 @@ class Session:
     """What `setup` makes and every later step uses."""
 
     config: TrainConfig
-    spec: ResNetSpec
     splits: DataSplits
     preprocessing: Preprocessing  # what validation feeds the model; the release stores it
     device: torch.device
     ddp: distributed.Distributed
-    model: nn.Module
-    trained: nn.Module
-    ema: nn.Module | None
-    stem: nn.Conv2d | None
-    init_seconds: float  # set again on resume, from the state the first start saved
-    optimizer: torch.optim.Optimizer
-    set_lr: Callable[[int], float]
-    lookahead: Lookahead | None
-    average: WeightAverage | None
+    network: Network  # its init_seconds replaced on resume, by those the first start saved
+    optimization: Optimization
     batches: object  # budgetnet.training.augment's device or worker batches
     augment: BatchAugment
     objective: Objective
@@ -209,9 +201,14 @@ class Session:
     log: Callable[[str], None] = print
 
     @property
+    def spec(self) -> ResNetSpec:
+        return self.network.spec
+
+    @property
     def evaluated(self) -> nn.Module:
         """What is validated and released: the EMA weights when there are any."""
-        return self.ema.module if self.ema is not None else self.model
+        ema = self.network.ema
+        return ema.module if ema is not None else self.network.model
 
     @property
     def stem_steps(self) -> int:
@@ -241,28 +238,19 @@ def setup(
     spec = network.spec
     batches = _batches(config, splits, device, ddp)
     optimization = build_optimization(config, network.model, len(batches))
+    preprocessing = Preprocessing(
+        spec.input_size, config.runtime.channels_last, splits.normalization
+    )
     return Session(
         config=config,
-        spec=spec,
         splits=splits,
-        preprocessing=Preprocessing(
-            spec.input_size, config.runtime.channels_last, splits.normalization
-        ),
+        preprocessing=preprocessing,
         device=device,
         ddp=ddp,
-        model=network.model,
-        trained=network.trained,
-        ema=network.ema,
-        stem=network.stem,
-        init_seconds=network.init_seconds,
-        optimizer=optimization.optimizer,
-        set_lr=optimization.set_lr,
-        lookahead=optimization.lookahead,
-        average=optimization.average,
+        network=network,
+        optimization=optimization,
         batches=batches,
-        augment=BatchAugment(
-            config, splits.normalization, spec.num_classes, spec.input_size, device
-        ),
+        augment=BatchAugment(config, preprocessing, spec.num_classes, device),
         objective=Objective(config, _teacher(config, splits, spec.input_size, device)),
         runtime=runtime,
         log=log,
@@ -443,14 +431,14 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
     state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
     s = session
     try:
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        if s.ema is not None:
-            s.ema.module.load_state_dict(state["ema"])
-        if s.lookahead is not None:
-            s.lookahead.load_state_dict(state["lookahead"])
-        if s.average is not None:
-            s.average.load_state_dict(state["swa"])
+        s.network.model.load_state_dict(state["model"])
+        s.optimization.optimizer.load_state_dict(state["optimizer"])
+        if s.network.ema is not None:
+            s.network.ema.module.load_state_dict(state["ema"])
+        if s.optimization.lookahead is not None:
+            s.optimization.lookahead.load_state_dict(state["lookahead"])
+        if s.optimization.average is not None:
+            s.optimization.average.load_state_dict(state["swa"])
         set_rng_state(state["rng"][min(s.ddp.rank, len(state["rng"]) - 1)])
         progress = Progress(
             int(state["epoch"]) + 1,
@@ -462,7 +450,7 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
             f"{run_dir / checkpoint.LAST_FILE}: not a resume state of this run "
             f"({shorten(' '.join(str(exc).split()))})"
         ) from None
-    s.init_seconds = state.get("init_seconds", 0.0)
+    s.network = replace(s.network, init_seconds=state.get("init_seconds", 0.0))
     progress.history = [r for r in runs.read_history(run_dir) if r["epoch"] < progress.epoch]
     return progress
 
@@ -475,8 +463,10 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     """One pass over the training batches; the history row's training columns."""
     from tqdm import tqdm
 
-    s.model.train()
-    s.augment.image_size = image_size_at(s.config, epoch, s.spec.input_size)
+    s.network.model.train()
+    s.augment.preprocessing = replace(
+        s.preprocessing, size=image_size_at(s.config, epoch, s.spec.input_size)
+    )
     started = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=s.device)  # loss sum, correct
     seen = 0
@@ -487,16 +477,18 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     )  # fmt: skip
     for i, (images, labels) in enumerate(progress):
         step = epoch * steps + i
-        lr = s.set_lr(step)
-        frozen = [s.stem.bias] if s.stem is not None and step >= s.stem_steps else []
+        lr = s.optimization.set_lr(step)
+        frozen = (
+            [s.network.stem.bias] if s.network.stem is not None and step >= s.stem_steps else []
+        )
         loss, logits = train_step(
-            s.trained, s.optimizer, s.augment, s.objective, images, labels, s.device,
+            s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels, s.device,
             s.config.runtime.amp, frozen,
         )  # fmt: skip
-        if s.lookahead is not None:
-            s.lookahead.after_step(s.model, step + 1)
-        if s.ema is not None:
-            s.ema.update(s.model, step=step)
+        if s.optimization.lookahead is not None:
+            s.optimization.lookahead.after_step(s.network.model, step + 1)
+        if s.network.ema is not None:
+            s.network.ema.update(s.network.model, step=step)
         seen += len(labels)  # a Python count: a new device tensor per step would cost a copy
         correct = (logits.argmax(1) == labels).sum().double()
         totals += torch.stack([loss.detach().double() * len(labels), correct])
@@ -542,8 +534,8 @@ def end_epoch(
             best = _save_best(s, reported, run_dir, record)
         runs.write_history(run_dir, progress.history)
     tracker.epoch(reported, best)
-    if s.average is not None:
-        s.average.after_epoch(s.model, row["epoch"])
+    if s.optimization.average is not None:
+        s.optimization.average.after_epoch(s.network.model, row["epoch"])
     _save_state(s, progress, run_dir)
     stop = bool(stopping.patience) and progress.patience_left <= 0
     if stop and s.ddp.main:
@@ -567,17 +559,21 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
     images, validated and released in place of the best epoch's model."""
     if not s.ddp.main:
         return
-    if s.average.count == 0:  # it would hold the starting weights: nothing trained is in it
+    if (
+        s.optimization.average.count == 0
+    ):  # it would hold the starting weights: nothing trained is in it
         s.log("SWA: no epoch reached --swa-start; the best epoch's release stays")
         return
     inputs = (s.preprocessing(images) for images, _ in s.batches.epoch(progress.epoch))
-    model = s.average.finish(inputs, s.device)
+    model = s.optimization.average.finish(inputs, s.device)
     val = validate(model, s.splits.val, s) if s.splits.val is not None else {}
-    scores = {"epoch": progress.epoch, "swa_epochs": s.average.count}
+    scores = {"epoch": progress.epoch, "swa_epochs": s.optimization.average.count}
     scores |= {f"val_{k}": val[k] for k in ("loss", "acc", "top5") if k in val}
     _save_release(s, model, scores, run_dir, record)
     shown = f"val acc {val['acc']:.4f}" if val else "no validation split"
-    s.log(f"SWA: the average of {s.average.count} epochs, BatchNorm recomputed: {shown}")
+    s.log(
+        f"SWA: the average of {s.optimization.average.count} epochs, BatchNorm recomputed: {shown}"
+    )
 
 
 def _save_release(s: Session, model: nn.Module, scores: dict, run_dir: Path, record: dict) -> None:
@@ -599,16 +595,20 @@ def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
     checkpoint.save_state(
         run_dir / checkpoint.LAST_FILE,
         {
-            "model": s.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "ema": s.ema.module.state_dict() if s.ema is not None else None,
-            "lookahead": s.lookahead.state_dict() if s.lookahead is not None else None,
-            "swa": s.average.state_dict() if s.average is not None else None,
+            "model": s.network.model.state_dict(),
+            "optimizer": s.optimization.optimizer.state_dict(),
+            "ema": s.network.ema.module.state_dict() if s.network.ema is not None else None,
+            "lookahead": s.optimization.lookahead.state_dict()
+            if s.optimization.lookahead is not None
+            else None,
+            "swa": s.optimization.average.state_dict()
+            if s.optimization.average is not None
+            else None,
             "rng": rng,
             "epoch": progress.epoch - 1,
             "best_acc": progress.best_acc,
             "patience_left": progress.patience_left,
-            "init_seconds": s.init_seconds,
+            "init_seconds": s.network.init_seconds,
         },
     )
 
@@ -654,8 +654,8 @@ def finish(s: Session, progress: Progress, run_dir: Path) -> dict:
         "epochs_run": len(progress.history),
         # as airbench times it: the data-dependent initialisation plus the epochs, without the
         # per-epoch validation and checkpoints
-        "train_seconds": s.init_seconds + sum(row["seconds"] for row in progress.history),
-        "init_seconds": s.init_seconds,
+        "train_seconds": s.network.init_seconds + sum(row["seconds"] for row in progress.history),
+        "init_seconds": s.network.init_seconds,
         "train_splits": s.config.dataset.train_splits,  # "train+test": no test accuracy is reported
         **scores,
     }
@@ -712,7 +712,7 @@ def fit(
         if s.ddp.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             runs.write_config(run_dir, record)
-    parameters = sum(p.numel() for p in s.model.parameters())
+    parameters = sum(p.numel() for p in s.network.model.parameters())
     if s.ddp.main:
         log(_start_line(s, parameters, run_dir))
     with tracker.run(run_dir, record, progress.history, parameters, resumed=resume is not None):
@@ -723,7 +723,7 @@ def fit(
                 on_epoch(progress.history[-1])
             if stop:
                 break
-        if s.average is not None:
+        if s.optimization.average is not None:
             release_average(s, progress, run_dir, record)
         results = {}
         if s.ddp.main:

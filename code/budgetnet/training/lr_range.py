@@ -44,11 +44,11 @@ def lr_range_test(
     while len(lrs) < steps:
         for images, labels in s.batches.epoch(epoch):
             lr = start_lr * growth ** len(lrs)
-            for group in s.optimizer.param_groups:
+            for group in s.optimization.optimizer.param_groups:
                 group["lr"] = lr
             loss, _ = train_step(
-                s.trained,
-                s.optimizer,
+                s.network.trained,
+                s.optimization.optimizer,
                 s.augment,
                 s.objective,
                 images,
