@@ -123,7 +123,7 @@ def test_a_release_without_stored_preprocessing_loads_with_what_inference_always
     tmp_path,
 ):
     """Releases written before the preprocessing was stored: the spec's input size,
-    channels_last and their own normalisation; the shipped trained_model/ is one of them."""
+    channels_last and their own normalisation. The shipped trained_model/ stores its own."""
     bigger = ResNetSpec((1, 1), (8, 16), input_size=40)
     folder = save_random_release(tmp_path / "new", seed=1, spec=bigger)
     old = edited_release(folder, tmp_path / "old", lambda meta: meta.pop("preprocessing"))
@@ -134,9 +134,9 @@ def test_a_release_without_stored_preprocessing_loads_with_what_inference_always
     assert fed.shape == (2, 3, 40, 40) and fed.is_contiguous(memory_format=torch.channels_last)
 
     shipped = json.loads((REPO / "trained_model" / "model.json").read_text())
-    assert "preprocessing" not in shipped
+    stored = shipped["preprocessing"]
     assert load_release(REPO / "trained_model").preprocessing == Preprocessing(
-        shipped["spec"]["input_size"], True, Normalization.from_dict(shipped["normalization"])
+        stored["size"], stored["channels_last"], Normalization.from_dict(shipped["normalization"])
     )
 
 
