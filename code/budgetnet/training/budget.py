@@ -106,8 +106,8 @@ def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
             start = clock()
         s.optimization.set_lr(0)
         step(
-            s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels, s.device,
-            s.config.runtime.amp,
+            s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels,
+            s.device, s.config.runtime.amp,
         )  # fmt: skip
     _synchronize(s.device)
     return (clock() - start) / MEASURED_STEPS

@@ -431,14 +431,15 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
     state = checkpoint.load_state(run_dir / checkpoint.LAST_FILE)
     s = session
     try:
-        s.network.model.load_state_dict(state["model"])
-        s.optimization.optimizer.load_state_dict(state["optimizer"])
-        if s.network.ema is not None:
-            s.network.ema.module.load_state_dict(state["ema"])
-        if s.optimization.lookahead is not None:
-            s.optimization.lookahead.load_state_dict(state["lookahead"])
-        if s.optimization.average is not None:
-            s.optimization.average.load_state_dict(state["swa"])
+        net, opt = s.network, s.optimization
+        net.model.load_state_dict(state["model"])
+        opt.optimizer.load_state_dict(state["optimizer"])
+        if net.ema is not None:
+            net.ema.module.load_state_dict(state["ema"])
+        if opt.lookahead is not None:
+            opt.lookahead.load_state_dict(state["lookahead"])
+        if opt.average is not None:
+            opt.average.load_state_dict(state["swa"])
         set_rng_state(state["rng"][min(s.ddp.rank, len(state["rng"]) - 1)])
         progress = Progress(
             int(state["epoch"]) + 1,
@@ -463,7 +464,8 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     """One pass over the training batches; the history row's training columns."""
     from tqdm import tqdm
 
-    s.network.model.train()
+    net, opt = s.network, s.optimization
+    net.model.train()
     s.augment.preprocessing = replace(
         s.preprocessing, size=image_size_at(s.config, epoch, s.spec.input_size)
     )
@@ -477,18 +479,16 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     )  # fmt: skip
     for i, (images, labels) in enumerate(progress):
         step = epoch * steps + i
-        lr = s.optimization.set_lr(step)
-        frozen = (
-            [s.network.stem.bias] if s.network.stem is not None and step >= s.stem_steps else []
-        )
+        lr = opt.set_lr(step)
+        frozen = [net.stem.bias] if net.stem is not None and step >= s.stem_steps else []
         loss, logits = train_step(
-            s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels, s.device,
+            net.trained, opt.optimizer, s.augment, s.objective, images, labels, s.device,
             s.config.runtime.amp, frozen,
         )  # fmt: skip
-        if s.optimization.lookahead is not None:
-            s.optimization.lookahead.after_step(s.network.model, step + 1)
-        if s.network.ema is not None:
-            s.network.ema.update(s.network.model, step=step)
+        if opt.lookahead is not None:
+            opt.lookahead.after_step(net.model, step + 1)
+        if net.ema is not None:
+            net.ema.update(net.model, step=step)
         seen += len(labels)  # a Python count: a new device tensor per step would cost a copy
         correct = (logits.argmax(1) == labels).sum().double()
         totals += torch.stack([loss.detach().double() * len(labels), correct])
@@ -559,21 +559,18 @@ def release_average(s: Session, progress: Progress, run_dir: Path, record: dict)
     images, validated and released in place of the best epoch's model."""
     if not s.ddp.main:
         return
-    if (
-        s.optimization.average.count == 0
-    ):  # it would hold the starting weights: nothing trained is in it
+    average = s.optimization.average
+    if average.count == 0:  # it would hold the starting weights: nothing trained is in it
         s.log("SWA: no epoch reached --swa-start; the best epoch's release stays")
         return
     inputs = (s.preprocessing(images) for images, _ in s.batches.epoch(progress.epoch))
-    model = s.optimization.average.finish(inputs, s.device)
+    model = average.finish(inputs, s.device)
     val = validate(model, s.splits.val, s) if s.splits.val is not None else {}
-    scores = {"epoch": progress.epoch, "swa_epochs": s.optimization.average.count}
+    scores = {"epoch": progress.epoch, "swa_epochs": average.count}
     scores |= {f"val_{k}": val[k] for k in ("loss", "acc", "top5") if k in val}
     _save_release(s, model, scores, run_dir, record)
     shown = f"val acc {val['acc']:.4f}" if val else "no validation split"
-    s.log(
-        f"SWA: the average of {s.optimization.average.count} epochs, BatchNorm recomputed: {shown}"
-    )
+    s.log(f"SWA: the average of {average.count} epochs, BatchNorm recomputed: {shown}")
 
 
 def _save_release(s: Session, model: nn.Module, scores: dict, run_dir: Path, record: dict) -> None:
@@ -592,23 +589,20 @@ def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
     rng = [rng_state()] if s.ddp.world == 1 else distributed.gather(rng_state(), s.ddp.world)
     if not s.ddp.main:
         return
+    net, opt = s.network, s.optimization
     checkpoint.save_state(
         run_dir / checkpoint.LAST_FILE,
         {
-            "model": s.network.model.state_dict(),
-            "optimizer": s.optimization.optimizer.state_dict(),
-            "ema": s.network.ema.module.state_dict() if s.network.ema is not None else None,
-            "lookahead": s.optimization.lookahead.state_dict()
-            if s.optimization.lookahead is not None
-            else None,
-            "swa": s.optimization.average.state_dict()
-            if s.optimization.average is not None
-            else None,
+            "model": net.model.state_dict(),
+            "optimizer": opt.optimizer.state_dict(),
+            "ema": net.ema.module.state_dict() if net.ema is not None else None,
+            "lookahead": opt.lookahead.state_dict() if opt.lookahead is not None else None,
+            "swa": opt.average.state_dict() if opt.average is not None else None,
             "rng": rng,
             "epoch": progress.epoch - 1,
             "best_acc": progress.best_acc,
             "patience_left": progress.patience_left,
-            "init_seconds": s.network.init_seconds,
+            "init_seconds": net.init_seconds,
         },
     )
 
