@@ -33,6 +33,7 @@ PRESET_PARAMS = {
     "fastres_s": 1_972_792,  # airbench94's 1,972,792 (frozen whitening filters and BN scales in)
     "fastres_wide": 4_606_520,  # airbench95's 4,606,520 (its widths, the same two-conv stages)
     "fastres_deep": 4_961_976,  # 2 units per stage, 64/256/384: under the 5M budget
+    "fastres_proxy": 146_744,  # airbench96_faster's proxy, 146,744 (32/64/64, two-conv stages)
 }
 
 

@@ -100,6 +100,12 @@ MODELS: dict[str, ModelEntry] = {
         "budget: 64/256/384 (1.6x fastres_s's FLOPs; the 32 px stage kept narrow, it costs most)",
         "airbench96's two-conv residual stages (Jordan 2024), widths cut to fit 5M",
     ),
+    "fastres_proxy": ModelEntry(
+        _fast((1, 1, 1), (32, 64, 64)),
+        "a small fastres_s for data filtering (--filter-keep): 32/64/64, 0.15M parameters, "
+        "a seventh of fastres_s's FLOPs",
+        "airbench96_faster's proxy widths (Jordan 2024), in fastres_s's layout",
+    ),
 }
 DEFAULT_MODEL = "resnet24_b343"
 

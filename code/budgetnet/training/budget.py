@@ -107,7 +107,7 @@ def _time_steps(session, step: Callable, clock: Callable[[], float]) -> float:
         s.optimization.set_lr(0)
         step(
             s.network.trained, s.optimization.optimizer, s.augment, s.objective, images, labels,
-            s.device, s.config.runtime.amp,
+            s.device, s.config.runtime.amp, data_filter=s.data_filter, step=i,
         )  # fmt: skip
     _synchronize(s.device)
     return (clock() - start) / MEASURED_STEPS

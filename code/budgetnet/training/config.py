@@ -15,6 +15,7 @@ other); TrainConfig checks the settings that span groups:
     schedule    epochs, time_budget, sched, warmup_epochs, ..., whiten_bias_epochs
     augment     crop_padding, hflip, altflip, aa, color_jitter, ..., reprob, mixup, cutmix
     loss        smoothing, jsd_loss
+    filtering   filter_keep, filter_proxy, filter_every
     distill     teacher, kd_alpha, kd_temperature
     averaging   ema, ema_decay, lookahead, lookahead_decay, swa, swa_start, swa_lr
     runtime     seed, device, amp, channels_last, threads, mallopt, compile, device_data, workers
@@ -43,6 +44,7 @@ from typing import Any, NamedTuple
 from budgetnet.data.sources import IMAGE_SIZE, parse_train_splits
 from budgetnet.errors import UserError, brief, reject_unknown, shorten, shown
 from budgetnet.files import read_yaml
+from budgetnet.models.zoo import MODELS
 from budgetnet.runs import REPO_ROOT
 from budgetnet.runtime import MAX_THREADS
 
@@ -360,6 +362,31 @@ class LossConfig(Group):
 
 
 @dataclasses.dataclass(frozen=True)
+class FilterConfig(Group):
+    """Data filtering (airbench96_faster, Jordan 2024; budgetnet.training.filtering): a small
+    proxy network, trained beside the model on the same batches, ranks each batch's images by
+    its loss, and the model steps on the hardest share only, at about that share of the cost."""
+
+    # the share of each batch the model trains on (1 = off): the images the proxy finds hardest
+    filter_keep: float = number(1.0, 0, 1, low_open=True)
+    # the proxy: a registered model (python code/summary.py --list), much smaller than the model
+    filter_proxy: str = text("fastres_proxy", max_length=200)
+    # the proxy ranks every batch but steps on one in this many (airbench96_faster: 4)
+    filter_every: int = number(4, 1, MAX_STEPS, "steps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.filter_keep < 1 and self.filter_proxy not in MODELS:
+            raise UserError(
+                f"unknown filter_proxy {shown(self.filter_proxy, 80)}; known: {', '.join(MODELS)}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.filter_keep < 1
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillConfig(Group):
     """Knowledge distillation (budgetnet.training.objective)."""
 
@@ -457,6 +484,7 @@ class TrainConfig:
     schedule: ScheduleConfig = _group(ScheduleConfig)
     augment: AugmentConfig = _group(AugmentConfig)
     loss: LossConfig = _group(LossConfig)
+    filtering: FilterConfig = _group(FilterConfig)
     distill: DistillConfig = _group(DistillConfig)
     averaging: AveragingConfig = _group(AveragingConfig)
     runtime: RuntimeConfig = _group(RuntimeConfig)
@@ -491,6 +519,8 @@ class TrainConfig:
             raise UserError("jsd_loss compares AugMix views: give an --aa augmix-... policy")
         if augment.mixes or augment.altflip or self.distill.teacher:
             raise UserError("jsd_loss does not combine with mixup, cutmix, altflip or a teacher")
+        if self.filtering.active:
+            raise UserError("jsd_loss keeps an image's three views together: no filter_keep")
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its flat name: what config.yaml, checkpoints and trackers record."""

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from budgetnet.training.augment import (
     uses_device_batches,
 )
 from budgetnet.training.config import TrainConfig, short_run_warmup
+from budgetnet.training.filtering import DataFilter, make_filter
 from budgetnet.training.lookahead import Lookahead
 from budgetnet.training.objective import Objective, Teacher
 from budgetnet.training.optim import make_optimizer
@@ -108,6 +110,15 @@ def validate(model: nn.Module, images: ImageSet, session: Session, tta: int = 0)
     return metrics(probs.numpy(), images.labels)
 
 
+class Step(NamedTuple):
+    """What one optimizer step trained on and got: the mean task loss over the images the model
+    saw, their logits (with --jsd-loss those of the clean view) and their labels."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -118,21 +129,30 @@ def train_step(
     device: torch.device,
     amp: bool,
     frozen: list[nn.Parameter] | tuple = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a uint8 batch; returns (loss, logits of the batch's images; with
-    --jsd-loss those of the clean view). `frozen` parameters sit this step out: their gradients
-    are dropped before the step (this works under DDP, where turning requires_grad off mid-run
-    does not), so the optimizer skips them, decay included."""
+    *,
+    data_filter: DataFilter | None = None,
+    step: int = 0,
+) -> Step:
+    """One optimizer step on a uint8 batch. `frozen` parameters sit this step out: their
+    gradients are dropped before the step (this works under DDP, where turning requires_grad
+    off mid-run does not), so the optimizer skips them, decay included. With a `data_filter`
+    the model trains on the part of the augmented batch it selects (`step` drives its proxy),
+    the loss scaled to that share of the batch, as budgetnet.training.filtering explains."""
     x, target = augment(images, labels)
+    share = 1.0
+    if data_filter is not None:
+        kept = data_filter.select(x, target, step)
+        share = len(kept) / len(x)
+        x, target, labels = x[kept], target[kept], labels[kept]
     with autocast(device, amp):
         logits = model(x)
     loss = objective(logits.float(), target, x)  # in float32 whatever autocast chose
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * share if share < 1 else loss).backward()
     for p in frozen:
         p.grad = None
     optimizer.step()
-    return loss, logits[: len(labels)]
+    return Step(loss, logits[: len(labels)], labels)
 
 
 def whitened_stem(model: nn.Module, spec: ResNetSpec) -> nn.Conv2d | None:
@@ -198,6 +218,7 @@ class Session:
     augment: BatchAugment
     objective: Objective
     runtime: str  # threads, allocator and precision, for the log
+    data_filter: DataFilter | None = None  # --filter-keep: the proxy that picks the images
     log: Callable[[str], None] = print
 
     @property
@@ -238,6 +259,11 @@ def setup(
     spec = network.spec
     batches = _batches(config, splits, device, ddp)
     optimization = build_optimization(config, network.model, len(batches))
+    data_filter = make_filter(
+        config, splits, spec.num_classes, spec.input_size, device, len(batches)
+    )
+    if data_filter is not None and initialise:  # resume restores the first start's seconds
+        network = replace(network, init_seconds=network.init_seconds + data_filter.init_seconds)
     preprocessing = Preprocessing(
         spec.input_size, config.runtime.channels_last, splits.normalization
     )
@@ -253,6 +279,7 @@ def setup(
         augment=BatchAugment(config, preprocessing, spec.num_classes, device),
         objective=Objective(config, _teacher(config, splits, spec.input_size, device)),
         runtime=runtime,
+        data_filter=data_filter,
         log=log,
     )
 
@@ -440,6 +467,8 @@ def resume_progress(session: Session, run_dir: Path) -> Progress:
             opt.lookahead.load_state_dict(state["lookahead"])
         if opt.average is not None:
             opt.average.load_state_dict(state["swa"])
+        if s.data_filter is not None:
+            s.data_filter.load_state_dict(state["filter"])
         set_rng_state(state["rng"][min(s.ddp.rank, len(state["rng"]) - 1)])
         progress = Progress(
             int(state["epoch"]) + 1,
@@ -471,7 +500,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
     )
     started = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=s.device)  # loss sum, correct
-    seen = 0
+    seen = trained = 0  # the batches' images, and those the model trained on (filtering)
     steps = len(s.batches)
     progress = tqdm(
         s.batches.epoch(epoch), total=steps, leave=False, mininterval=1,
@@ -481,22 +510,23 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
         step = epoch * steps + i
         lr = opt.set_lr(step)
         frozen = [net.stem.bias] if net.stem is not None and step >= s.stem_steps else []
-        loss, logits = train_step(
+        loss, logits, labels_seen = train_step(
             net.trained, opt.optimizer, s.augment, s.objective, images, labels, s.device,
-            s.config.runtime.amp, frozen,
+            s.config.runtime.amp, frozen, data_filter=s.data_filter, step=step,
         )  # fmt: skip
         if opt.lookahead is not None:
             opt.lookahead.after_step(net.model, step + 1)
         if net.ema is not None:
             net.ema.update(net.model, step=step)
-        seen += len(labels)  # a Python count: a new device tensor per step would cost a copy
-        correct = (logits.argmax(1) == labels).sum().double()
-        totals += torch.stack([loss.detach().double() * len(labels), correct])
+        seen += len(labels)  # Python counts: a new device tensor per step would cost a copy
+        trained += len(labels_seen)
+        correct = (logits.argmax(1) == labels_seen).sum().double()
+        totals += torch.stack([loss.detach().double() * len(labels_seen), correct])
         tracker.step(step, loss, lr)
         if i % 20 == 0 and not math.isfinite(totals[0].item()):
             break
-    loss_sum, correct, seen = distributed.reduce(
-        [*totals.tolist(), float(seen)], s.device, s.ddp.world
+    loss_sum, correct, seen, trained = distributed.reduce(
+        [*totals.tolist(), float(seen), float(trained)], s.device, s.ddp.world
     )
     if not math.isfinite(loss_sum):
         raise Diverged(
@@ -505,7 +535,7 @@ def train_epoch(s: Session, epoch: int, tracker: Tracker) -> dict:
         )
     seconds = time.perf_counter() - started
     return {
-        "epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        "epoch": epoch, "train_loss": loss_sum / trained, "train_acc": correct / trained,
         "lr": lr, "seconds": seconds, "images_per_s": seen / seconds,
     }  # fmt: skip
 
@@ -598,6 +628,7 @@ def _save_state(s: Session, progress: Progress, run_dir: Path) -> None:
             "ema": net.ema.module.state_dict() if net.ema is not None else None,
             "lookahead": opt.lookahead.state_dict() if opt.lookahead is not None else None,
             "swa": opt.average.state_dict() if opt.average is not None else None,
+            "filter": s.data_filter.state_dict() if s.data_filter is not None else None,
             "rng": rng,
             "epoch": progress.epoch - 1,
             "best_acc": progress.best_acc,
@@ -746,9 +777,16 @@ def _start_line(s: Session, parameters: int, run_dir: Path) -> str:
     """What is about to train, where, and how (threads, allocator, precision)."""
     config = s.config
     batches = "device-resident" if uses_device_batches(config) else "worker"
+    filtering = config.filtering
+    kept = (
+        f", the {filtering.filter_keep:.0%} of each batch that {filtering.filter_proxy} finds "
+        "hardest"
+        if s.data_filter is not None
+        else ""
+    )
     return (
         f"training {model_name(s.spec)} ({parameters:,} parameters) on {s.device} for "
         f"{config.schedule.epochs} epochs: {len(s.splits.train)} train / "
-        f"{len(s.splits.val) if s.splits.val else 0} val images, {batches} batches, "
+        f"{len(s.splits.val) if s.splits.val else 0} val images{kept}, {batches} batches, "
         f"{s.runtime}; run directory {run_dir}"
     )

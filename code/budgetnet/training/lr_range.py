@@ -46,7 +46,7 @@ def lr_range_test(
             lr = start_lr * growth ** len(lrs)
             for group in s.optimization.optimizer.param_groups:
                 group["lr"] = lr
-            loss, _ = train_step(
+            loss = train_step(
                 s.network.trained,
                 s.optimization.optimizer,
                 s.augment,
@@ -55,7 +55,9 @@ def lr_range_test(
                 labels,
                 s.device,
                 config.runtime.amp,
-            )
+                data_filter=s.data_filter,
+                step=len(lrs),
+            ).loss
             value = loss.item()
             average = loss_ema * average + (1 - loss_ema) * value
             lrs.append(lr)
