@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from budgetnet.errors import UserError
 from budgetnet.models.builder import build
+from budgetnet.runtime import autocast
 from budgetnet.training import engine
 from budgetnet.training.augment import BatchAugment
 from budgetnet.training.config import TrainConfig
 from budgetnet.training.filtering import DataFilter, example_losses, kept_count
 from budgetnet.training.objective import Objective
-from budgetnet.runtime import autocast
 
 from refusals import refused
 from tiny import PREPROCESSING, TINY_SPEC, tiny_config, tiny_release_run
@@ -63,7 +63,8 @@ def test_the_proxy_keeps_its_hardest_share_and_steps_once_in_every(cifar, tmp_pa
         rest = torch.ones(16, dtype=torch.bool)
         rest[kept] = False
         assert (losses[rest] <= threshold).all()  # every image left out is easier
-        moved = any(not torch.equal(a, b) for a, b in zip(before, _weights(data_filter.proxy)))
+        after = _weights(data_filter.proxy)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
         assert moved == (step % every == 0), step
     assert not data_filter.proxy.stem.conv.bias.requires_grad  # airbench96_faster freezes it
 
