@@ -98,7 +98,9 @@ def forward_flops(model: nn.Module) -> int:
 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+        weight = next(model.parameters())  # float32 on the CPU, half on CUDA
+        x = torch.zeros(1, 3, 32, 32, device=weight.device, dtype=weight.dtype)
+        model(x.contiguous(memory_format=torch.channels_last))
     return counter.get_total_flops()
 
 
@@ -120,25 +122,28 @@ def main() -> None:
     train = getattr(airbench, f"train{args.version}")
     make_net = getattr(airbench, f"make_net{args.version}")
     model = train(make_net=autocast_net(make_net) if bf16 else make_net, verbose=False)
+    system = f"airbench{args.version}" + (" + heap reuse" if args.mallopt else "")
+    precision = "bf16 autocast" if bf16 else "float32"
+    print(json.dumps(result_row(airbench, args.version, args.seed, model, system, precision)))
+
+
+def result_row(airbench, version: str, seed: int, model: nn.Module, system: str, precision: str):
+    """The run's JSON row: test accuracy at TTA 0 and 2 (airbench's `evaluate`), airbench's
+    training seconds (the intervals its own timer added), parameters and forward FLOPs."""
     test = airbench.CifarLoader("cifar10", train=False, batch_size=2000)
     accuracy = {f"test_acc_tta{t}": airbench.evaluate(model, test, tta_level=t) for t in (0, 2)}
-    print(
-        json.dumps(
-            {
-                "system": f"airbench{args.version}" + (" + heap reuse" if args.mallopt else ""),
-                "seed": args.seed,
-                "epochs": getattr(airbench, f"lib_airbench{args.version}").hyp["opt"][
-                    "train_epochs"
-                ],
-                **accuracy,
-                "train_seconds": sum(INTERVALS),
-                "params": sum(p.numel() for p in model.parameters()),
-                "flops": forward_flops(make_net()),
-                "precision": "bf16 autocast" if bf16 else "float32",
-                "airbench": importlib.metadata.version("airbench"),
-            }
-        )
-    )
+    make_net = getattr(airbench, f"make_net{version}")
+    return {
+        "system": system,
+        "seed": seed,
+        "epochs": getattr(airbench, f"lib_airbench{version}").hyp["opt"]["train_epochs"],
+        **accuracy,
+        "train_seconds": sum(INTERVALS),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": forward_flops(make_net()),
+        "precision": precision,
+        "airbench": importlib.metadata.version("airbench"),
+    }
 
 
 if __name__ == "__main__":

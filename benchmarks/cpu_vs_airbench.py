@@ -99,11 +99,12 @@ def checked(row: dict, log) -> dict:
     return row
 
 
-def preset_run(preset: str, seed: int, data: str, runs: Path, log) -> dict:
+def preset_run(preset: str, seed: int, data: str, runs: Path, log, extra=()) -> dict:
+    """A preset trained on all training images (`extra`: more train.py flags), as a row."""
     run_dir = runs / f"{preset}-seed{seed}"
     _, seconds = run(
         [sys.executable, "code/train.py", "--preset", preset, "--data", data, "--val-size", "0",
-         "--seed", str(seed), "--tta", str(TTA), "--run-dir", str(run_dir)],
+         "--seed", str(seed), "--tta", str(TTA), "--run-dir", str(run_dir), *extra],
         log,
     )  # fmt: skip
     results = read_json(run_dir / "results.json")

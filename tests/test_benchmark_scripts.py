@@ -153,3 +153,44 @@ def test_recipes_resume_runs_only_missing_pairs_and_keeps_every_finished_row(tmp
     recipes.main()  # resumed: only seed 1's pairs run
     assert trained == [("budgetnet fast", 1), ("airbench94", 1)]
     assert len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 4
+
+
+def test_gpu_table_takes_each_ratio_to_the_airbench_of_equal_or_lower_accuracy():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_vs_airbench as gpu
+
+    def row(system, acc, seconds, seed=0, epochs=10):
+        return {"system": system, "seed": seed, "epochs": epochs, "test_acc_tta0": acc - 0.01,
+                "test_acc_tta2": acc, "train_seconds": seconds, "params": 5, "flops": 1e6}  # fmt: skip
+
+    rows = [
+        row("airbench94", 0.94, 3.0),
+        row("airbench94", 0.94, 5.0, seed=1),
+        row("airbench95", 0.95, 10.0),
+        row("budgetnet fast", 0.945, 2.0),
+        row("budgetnet tiny", 0.90, 1.0),
+    ]
+    assert gpu.reference_for(94.5, {"airbench94": 94.0, "airbench95": 95.0}) == "airbench94"
+    assert gpu.reference_for(95.0, {"airbench94": 94.0, "airbench95": 95.0}) == "airbench95"
+    assert gpu.reference_for(90.0, {"airbench94": 94.0}) is None
+    rate = 1e12
+    assert gpu.floor_seconds(rows[0], rate) == pytest.approx(3 * 1e6 * 50_000 * 10 / rate)
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in gpu.summarise(rows, rate).splitlines()[2:]
+    }
+    assert list(cells)[:2] == ["airbench94", "airbench95"]  # airbench first
+    assert cells["airbench94"][3] == "94.00 ± 0.00" and cells["airbench94"][5] == "4.00"
+    assert cells["budgetnet fast"][-1] == "0.50 (airbench94)"  # median 4 s of airbench94
+    assert cells["budgetnet tiny"][-1] == "—"  # below every airbench: no ratio
+    assert gpu.matmul_rate(torch.device("cpu"), 64, repeats=2) > 0
+
+
+def test_airbench_gpu_runner_refuses_a_machine_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "airbench_gpu.py"), "--workdir", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "needs a CUDA device" in result.stderr
