@@ -11,8 +11,8 @@ presets by train.py's `train_seconds` (the whitening init plus the epochs, the s
 Each system's time ratio is taken to the airbench version whose mean accuracy is the highest
 at or below the system's own (a recipe is only compared with one it is at least as accurate
 as). The FLOP floor is the seconds the training's matrix work would take at the device's
-measured bf16 matmul rate: 3 x forward FLOPs x images x epochs (a filtered preset's skipped
-images counted too) over the rate of an N x N x N bf16 product. `--device cpu` rehearses the
+measured bf16 matmul rate: 3 x forward FLOPs x training images x epochs (a filtered preset's
+skipped images counted too) over the rate of an N x N x N bf16 product. `--device cpu` rehearses the
 whole benchmark at tiny size on a machine without a GPU (airbench then runs through
 airbench_cpu.py's adaptation). Writes OUT.md (table), OUT.json (rows) and OUT.log (every
 run's output), each rewritten after every run.
@@ -39,8 +39,6 @@ from budgetnet.files import atomic_write  # noqa: E402
 from budgetnet.runs import read_json  # noqa: E402
 from budgetnet.tables import markdown_table  # noqa: E402
 from cpu_vs_airbench import TTA, checked, preset_run, run, write_airbench_data  # noqa: E402
-
-TRAIN_IMAGES = 50_000
 
 
 def matmul_rate(device: torch.device, size: int, repeats: int = 10) -> float:
@@ -70,8 +68,8 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()}, {cpu_count()} cores"
 
 
-def floor_seconds(row: dict, rate: float) -> float:
-    return 3 * row["flops"] * TRAIN_IMAGES * row["epochs"] / rate
+def floor_seconds(row: dict, rate: float, images: int) -> float:
+    return 3 * row["flops"] * images * row["epochs"] / rate
 
 
 def reference_for(accuracy: float, airbench: dict[str, float]) -> str | None:
@@ -81,7 +79,8 @@ def reference_for(accuracy: float, airbench: dict[str, float]) -> str | None:
     return max(below, key=below.get) if below else None
 
 
-def summarise(rows: list[dict], rate: float) -> str:
+def summarise(rows: list[dict], rate: float, images: int) -> str:
+    """The table; `images`: the training images per epoch, for the FLOP floor."""
     systems = list(dict.fromkeys(row["system"] for row in rows))
 
     def mine(system: str) -> list[dict]:
@@ -100,7 +99,7 @@ def summarise(rows: list[dict], rate: float) -> str:
         table.append(
             (system, len(runs), runs[0]["epochs"], f"{accuracy[system]:.2f} ± {spread:.2f}",
              f"{statistics.mean(100 * r['test_acc_tta0'] for r in runs):.2f}",
-             f"{seconds[system]:.2f}", f"{floor_seconds(runs[0], rate):.2f}",
+             f"{seconds[system]:.2f}", f"{floor_seconds(runs[0], rate, images):.2f}",
              f"{runs[0]['params']:,}", f"{runs[0]['flops'] / 1e6:.0f}M", ratio)
         )  # fmt: skip
     header = [
@@ -160,22 +159,26 @@ def main() -> None:
         log.write(f"\n# {' '.join(sys.argv)}\n# {header}\n")
         workdir = Path(tmp)
         write_airbench_data(args.data, workdir)
+        train = torch.load(
+            workdir / "cifar10" / "train.pt", weights_only=True
+        )  # ours, just written
+        images = len(train["labels"])
         runs = args.runs or workdir / "runs"
         for seed in args.seeds:  # seed-major: an interrupted run still covers every system
             for version in args.airbench:
                 rows.append(airbench_row(version, seed, workdir, device, log))
-                report(rows, rate, header, args.out)
+                report(rows, rate, images, header, args.out)
             for preset in args.presets:
                 rows.append(preset_row(preset, seed, args, runs, log))
-                report(rows, rate, header, args.out)
-    print(f"\n{header}\n\n{summarise(rows, rate)}")
+                report(rows, rate, images, header, args.out)
+    print(f"\n{header}\n\n{summarise(rows, rate, images)}")
 
 
-def report(rows: list[dict], rate: float, header: str, out: Path) -> None:
+def report(rows: list[dict], rate: float, images: int, header: str, out: Path) -> None:
     """The newest row on stdout; OUT.json and OUT.md rewritten under temporary names."""
     print(json.dumps(rows[-1]), flush=True)
     for suffix, text in ((".json", json.dumps({"machine": header, "rows": rows}, indent=1)),
-                         (".md", f"{header}\n\n{summarise(rows, rate)}\n")):  # fmt: skip
+                         (".md", f"{header}\n\n{summarise(rows, rate, images)}\n")):  # fmt: skip
         with atomic_write(out.with_suffix(suffix)) as handle:
             handle.write(text)
 

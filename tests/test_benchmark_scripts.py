@@ -174,10 +174,10 @@ def test_gpu_table_takes_each_ratio_to_the_airbench_of_equal_or_lower_accuracy()
     assert gpu.reference_for(95.0, {"airbench94": 94.0, "airbench95": 95.0}) == "airbench95"
     assert gpu.reference_for(90.0, {"airbench94": 94.0}) is None
     rate = 1e12
-    assert gpu.floor_seconds(rows[0], rate) == pytest.approx(3 * 1e6 * 50_000 * 10 / rate)
+    assert gpu.floor_seconds(rows[0], rate, 50_000) == pytest.approx(3 * 1e6 * 50_000 * 10 / rate)
     cells = {
         line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-        for line in gpu.summarise(rows, rate).splitlines()[2:]
+        for line in gpu.summarise(rows, rate, 50_000).splitlines()[2:]
     }
     assert list(cells)[:2] == ["airbench94", "airbench95"]  # airbench first
     assert cells["airbench94"][3] == "94.00 ± 0.00" and cells["airbench94"][5] == "4.00"
