@@ -104,11 +104,17 @@ def forward_flops(model: nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of one airbench run, on either device: version, seed, data folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--version", choices=("94", "95", "96"), default="94")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, required=True, help="holds cifar10/*.pt")
+    return parser
+
+
+def main() -> None:
+    parser = run_parser(__doc__.splitlines()[0])
     parser.add_argument("--mallopt", action="store_true", help="budgetnet's allocator setting")
     args = parser.parse_args()
     adapt_to_cpu()

@@ -12,7 +12,6 @@ autotuning and CUDA's start-up are not counted. Prints the JSON row of airbench_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from airbench_cpu import INTERVALS, result_row  # noqa: E402
+from airbench_cpu import INTERVALS, result_row, run_parser  # noqa: E402
 
 
 class ObservedEvent(torch.cuda.Event):
@@ -35,10 +34,7 @@ class ObservedEvent(torch.cuda.Event):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", choices=("94", "95", "96"), default="94")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, required=True, help="holds cifar10/*.pt")
+    parser = run_parser(__doc__.splitlines()[0])
     parser.add_argument("--warmup", action="store_true", help="one untimed run first")
     args = parser.parse_args()
     if not torch.cuda.is_available():

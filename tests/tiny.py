@@ -73,6 +73,38 @@ def tiny_release_run(cifar, tmp_path, **flags) -> dict:
     return meta
 
 
+class Interrupted(Exception):
+    """Raised by `interrupted_and_resumed` to stop a run after its first epoch."""
+
+
+def interrupted_and_resumed(cifar, tmp_path, flags: dict, on_stop=None) -> tuple[dict, dict]:
+    """Two tiny runs with `flags`: one straight through (tmp_path/a), one stopped after its
+    first epoch (`on_stop(session)` called there) and resumed (tmp_path/b); their last.pt."""
+    import pytest
+
+    from budgetnet.training import engine
+
+    engine.fit(tiny_config(cifar, tmp_path / "a", **flags), TINY_SPEC, log=lambda line: None)
+    end_epoch = engine.end_epoch
+
+    def end_then_stop(s, progress, row, *rest):
+        stop = end_epoch(s, progress, row, *rest)
+        if row["epoch"] == 0:
+            if on_stop is not None:
+                on_stop(s)
+            raise Interrupted
+        return stop
+
+    config = tiny_config(cifar, tmp_path / "b", **flags)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "end_epoch", end_then_stop)
+        with pytest.raises(Interrupted):
+            engine.fit(config, TINY_SPEC, log=lambda line: None)
+    engine.fit(config, TINY_SPEC, resume=tmp_path / "b" / "run", log=lambda line: None)
+    a, b = (torch.load(tmp_path / x / "run" / "last.pt", weights_only=True) for x in "ab")
+    return a, b
+
+
 def save_random_release(folder, seed, classes=CIFAR10_CLASSES, spec=TINY_SPEC, provenance=None):
     """A release of a randomly initialised network, with BatchNorm statistics that differ from
     the identity's."""

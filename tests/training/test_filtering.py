@@ -22,7 +22,7 @@ from budgetnet.training.filtering import DataFilter, example_losses, kept_count
 from budgetnet.training.objective import Objective
 
 from refusals import refused
-from tiny import PREPROCESSING, TINY_SPEC, tiny_config, tiny_release_run
+from tiny import PREPROCESSING, TINY_SPEC, interrupted_and_resumed, tiny_config, tiny_release_run
 
 CPU = torch.device("cpu")
 
@@ -125,29 +125,10 @@ def test_a_filtered_run_records_its_filter(cifar, tmp_path):
     assert meta["provenance"]["config"]["filter_proxy"] == "fastres_proxy"
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_a_resumed_filtered_run_ends_as_an_uninterrupted_one(cifar, tmp_path, monkeypatch):
+def test_a_resumed_filtered_run_ends_as_an_uninterrupted_one(cifar, tmp_path):
     flags = dict(epochs=2, warmup_epochs=0.5, tta=0, filter_keep=0.5, filter_every=2, amp=False)
-    engine.fit(tiny_config(cifar, tmp_path / "a", **flags), TINY_SPEC, log=lambda line: None)
-    end_epoch = engine.end_epoch
-
-    def end_then_stop(s, progress, row, *rest):
-        stop = end_epoch(s, progress, row, *rest)
-        if row["epoch"] == 0:
-            raise _Interrupted
-        return stop
-
-    monkeypatch.setattr(engine, "end_epoch", end_then_stop)
-    config = tiny_config(cifar, tmp_path / "b", **flags)
-    with pytest.raises(_Interrupted):
-        engine.fit(config, TINY_SPEC, log=lambda line: None)
-    monkeypatch.setattr(engine, "end_epoch", end_epoch)
-    engine.fit(config, TINY_SPEC, resume=tmp_path / "b" / "run", log=lambda line: None)
-    a, b = (torch.load(tmp_path / x / "run" / "last.pt", weights_only=True) for x in "ab")
+    a, b = interrupted_and_resumed(cifar, tmp_path, flags)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     for key, value in a["filter"]["proxy"].items():

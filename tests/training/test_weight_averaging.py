@@ -18,7 +18,7 @@ from budgetnet.training.config import TrainConfig, merge
 from budgetnet.training.schedule import make_schedule, swa_start_epoch
 from budgetnet.training.swa import WeightAverage
 
-from tiny import TINY_SPEC, tiny_config, tiny_release_run
+from tiny import interrupted_and_resumed, tiny_config, tiny_release_run
 
 CPU = torch.device("cpu")
 
@@ -123,32 +123,16 @@ def test_swa_that_never_started_leaves_the_best_epochs_release(cifar, tmp_path, 
     assert _released_weights_equal(tmp_path / "run", saved[0][1])
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_a_resumed_swa_run_carries_on_the_saved_average(cifar, tmp_path, monkeypatch):
+def test_a_resumed_swa_run_carries_on_the_saved_average(cifar, tmp_path):
     # The average takes both epochs; the interrupted run stops after the first with one epoch
     # averaged, which the resumed run must carry on from its last.pt.
     flags = dict(epochs=2, warmup_epochs=0.5, swa=True, swa_start=0.0, tta=0)
-    engine.fit(tiny_config(cifar, tmp_path / "a", **flags), TINY_SPEC, log=lambda line: None)
-    end_epoch = engine.end_epoch
 
-    def end_then_stop(s, progress, row, *rest):
-        stop = end_epoch(s, progress, row, *rest)
-        if row["epoch"] == 0:
-            assert s.optimization.average.count == 1
-            raise _Interrupted
-        return stop
+    def one_epoch_averaged(s):
+        assert s.optimization.average.count == 1
 
-    monkeypatch.setattr(engine, "end_epoch", end_then_stop)
-    config = tiny_config(cifar, tmp_path / "b", **flags)
-    with pytest.raises(_Interrupted):
-        engine.fit(config, TINY_SPEC, log=lambda line: None)
-    monkeypatch.setattr(engine, "end_epoch", end_epoch)
-    engine.fit(config, TINY_SPEC, resume=tmp_path / "b" / "run", log=lambda line: None)
-    a, b = (torch.load(tmp_path / x / "run" / "last.pt", weights_only=True) for x in "ab")
+    a, b = interrupted_and_resumed(cifar, tmp_path, flags, on_stop=one_epoch_averaged)
     assert int(a["swa"]["n_averaged"]) == int(b["swa"]["n_averaged"]) == 2
     for key, value in a["swa"].items():
         assert torch.equal(value, b["swa"][key]), key
