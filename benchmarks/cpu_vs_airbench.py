@@ -45,9 +45,11 @@ TTA = 2
 CHANCE_FLOOR = 0.3
 
 
-def write_airbench_data(data: str, workdir: Path) -> None:
-    """train.pt / test.pt in airbench's format (uint8 NHWC images, labels, class names)."""
+def write_airbench_data(data: str, workdir: Path) -> int:
+    """train.pt / test.pt in airbench's format (uint8 NHWC images, labels, class names); returns
+    the number of training images."""
     (workdir / "cifar10").mkdir(parents=True, exist_ok=True)
+    counts = {}
     for split in ("train", "test"):
         images = load_split(data, split)
         torch.save(
@@ -58,6 +60,8 @@ def write_airbench_data(data: str, workdir: Path) -> None:
             },
             workdir / "cifar10" / f"{split}.pt",
         )
+        counts[split] = len(images.labels)
+    return counts["train"]
 
 
 def run(command: list[str], log) -> tuple[str, float]:

@@ -10,11 +10,18 @@ Nothing here comes from a pretrained model: the statistics are those of the trai
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from budgetnet.data.normalization import Normalization, normalize
+
+if TYPE_CHECKING:
+    from budgetnet.data.sources import DataSplits
+    from budgetnet.models.spec import ResNetSpec
 
 EPS = 5e-4  # added to each eigenvalue: keeps the near-zero directions from being amplified
 SAMPLE = 5000  # training images whose patches are counted (airbench: 5,000)
@@ -62,3 +69,18 @@ def init_whitening(
     conv.weight.copy_(filters.to(conv.weight.device, conv.weight.dtype))
     if conv.bias is not None:
         conv.bias.zero_()
+
+
+def whitened_stem(model: nn.Module, spec: ResNetSpec) -> nn.Conv2d | None:
+    """The model's whitening stem convolution, or None when its stem is another kind."""
+    return model.stem.conv if spec.stem == "whiten" else None
+
+
+def init_model(model: nn.Module, spec: ResNetSpec, splits: DataSplits, seed: int) -> float:
+    """Data-dependent initialisation of a new model (the whitening stem's filters from the
+    training images); returns its seconds, which count as training time (as airbench's do)."""
+    started = time.perf_counter()
+    stem = whitened_stem(model, spec)
+    if stem is not None:
+        init_whitening(stem, sample_images(splits.train.images, seed), splits.normalization)
+    return time.perf_counter() - started

@@ -40,7 +40,7 @@ from budgetnet.evaluation.metrics import confusion_matrix, metrics
 from budgetnet.models import checkpoint
 from budgetnet.models.builder import build
 from budgetnet.models.spec import ResNetSpec
-from budgetnet.models.whitening import init_whitening, sample_images
+from budgetnet.models.whitening import init_model, whitened_stem
 from budgetnet.runtime import amp_dtype, autocast, configure_cpu, precision_name, resolve_device
 from budgetnet.training import budget, distributed
 from budgetnet.training.augment import (
@@ -148,25 +148,11 @@ def train_step(
         logits = model(x)
     loss = objective(logits.float(), target, x)  # in float32 whatever autocast chose
     optimizer.zero_grad(set_to_none=True)
-    (loss * share if share < 1 else loss).backward()
+    (loss * share).backward()  # the kept images' sum over the whole batch
     for p in frozen:
         p.grad = None
     optimizer.step()
     return Step(loss, logits[: len(labels)], labels)
-
-
-def whitened_stem(model: nn.Module, spec: ResNetSpec) -> nn.Conv2d | None:
-    return model.stem.conv if spec.stem == "whiten" else None
-
-
-def init_model(model: nn.Module, spec: ResNetSpec, splits: DataSplits, seed: int) -> float:
-    """Data-dependent initialisation of a new model (the whitening stem's filters from the
-    training images); returns its seconds, which count as training time (as airbench's do)."""
-    started = time.perf_counter()
-    stem = whitened_stem(model, spec)
-    if stem is not None:
-        init_whitening(stem, sample_images(splits.train.images, seed), splits.normalization)
-    return time.perf_counter() - started
 
 
 def model_name(spec: ResNetSpec) -> str:
@@ -218,7 +204,7 @@ class Session:
     augment: BatchAugment
     objective: Objective
     runtime: str  # threads, allocator and precision, for the log
-    data_filter: DataFilter | None = None  # --filter-keep: the proxy that picks the images
+    data_filter: DataFilter | None  # --filter-keep: the proxy that picks the images
     log: Callable[[str], None] = print
 
     @property

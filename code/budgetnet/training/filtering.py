@@ -17,7 +17,6 @@ more state in last.pt.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from budgetnet.data.sources import DataSplits
 from budgetnet.errors import UserError
 from budgetnet.models.builder import build
-from budgetnet.models.whitening import init_whitening, sample_images
+from budgetnet.models.whitening import init_model, whitened_stem
 from budgetnet.models.zoo import model_spec
 from budgetnet.runtime import autocast
 from budgetnet.training.config import TrainConfig
@@ -66,14 +65,9 @@ class DataFilter:
         )
         if spec.stem != "whiten":
             raise UserError(f"filter_proxy {filtering.filter_proxy} needs a whitening stem")
-        started = time.perf_counter()
         proxy = build(spec)
-        init_whitening(
-            proxy.stem.conv, sample_images(splits.train.images, config.runtime.seed),
-            splits.normalization,
-        )  # fmt: skip
-        proxy.stem.conv.bias.requires_grad_(False)
-        self.init_seconds = time.perf_counter() - started  # counted as training time
+        self.init_seconds = init_model(proxy, spec, splits, config.runtime.seed)  # training time
+        whitened_stem(proxy, spec).bias.requires_grad_(False)
         memory = torch.channels_last if config.runtime.channels_last else torch.contiguous_format
         self.proxy = proxy.to(device, memory_format=memory).train()
         self.optimizer = make_optimizer(config, self.proxy)
